@@ -1,0 +1,218 @@
+"""The worker loop: one model, one socket, one batch at a time.
+
+The frontend sends ``Load`` once, then ``Batch`` frames; each batch gets exactly one final
+``BatchResult`` (and, for streaming handlers, intermediate ones before it). A handler error fails
+only its batch; the loop carries on. If the socket closes, the frontend is gone and we exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from backend import codec
+from backend.context import Context, RequestProcessor
+from backend.loader import LoadedHandler, load_handler
+from backend.metrics import MetricsCache
+from backend.util import PredictionException
+from backend.wire import FrameDecoder, encode_frame, pb
+
+logger = logging.getLogger("backend.worker")
+
+READ_CHUNK = 1 << 20
+SYSTEM_OOM = 507
+
+
+class Channel:
+    """Blocking framed socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder: FrameDecoder[pb.ToWorker] = FrameDecoder(pb.ToWorker)
+
+    def receive(self) -> pb.ToWorker | None:
+        while True:
+            message = self.decoder.next_frame()
+            if message is not None:
+                return message
+            data = self.sock.recv(READ_CHUNK)
+            if not data:
+                return None
+            self.decoder.receive_data(data)
+
+    def send(self, message: pb.FromWorker) -> None:
+        self.sock.sendall(encode_frame(message))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "CUDA" in str(exc))
+
+
+class Worker:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.handler: LoadedHandler | None = None
+        self.context: Context | None = None
+        self.decode = True
+        self.batch_id = 0
+
+    # -- load -----------------------------------------------------------------------------
+    def load(self, load: pb.Load) -> pb.Loaded:
+        manifest = json.loads(load.manifest_json) if load.manifest_json else None
+        yaml_config = json.loads(load.model_yaml_json) if load.model_yaml_json else {}
+        self.decode = load.decode_input_request
+        metrics = MetricsCache(load.model_name)
+        self.context = Context(
+            load.model_name,
+            load.model_dir,
+            manifest,
+            load.batch_size,
+            load.gpu_id if load.gpu_id >= 0 else None,
+            limit_max_image_pixels=load.limit_max_image_pixels,
+            metrics=metrics,
+            model_yaml_config=yaml_config,
+        )
+        self.context.cl_socket = self.channel.sock
+        self.context._send_intermediate = self._send_intermediate
+        try:
+            self.handler = load_handler(load.handler, load.model_dir, self.context)
+        except Exception as exc:
+            traceback.print_exc()
+            if _is_oom(exc):
+                return pb.Loaded(code=SYSTEM_OOM, message="System out of memory")
+            return pb.Loaded(code=500, message=f"{type(exc).__name__}: {exc}")
+        return pb.Loaded(code=200, message=f"loaded model {load.model_name}")
+
+    # -- batches --------------------------------------------------------------------------
+    def _prepare(self, batch: pb.Batch) -> list[dict[str, Any]]:
+        assert self.context is not None
+        self.batch_id = batch.batch_id
+        ids = {i: r.request_id for i, r in enumerate(batch.requests)}
+        self.context.request_ids = ids
+        self.context.metrics.request_ids = ids
+        self.context.request_processor = [
+            RequestProcessor(codec.request_headers(r)) for r in batch.requests
+        ]
+        if batch.command == pb.DESCRIBE:
+            return [{} for _ in batch.requests]
+        return [codec.request_data(r, self.decode) for r in batch.requests]
+
+    def _responses(self, outputs: list[Any], ids: dict[int, str]) -> list[pb.Response]:
+        assert self.context is not None
+        responses = []
+        for idx, value in enumerate(outputs):
+            processor = self.context.request_processor[idx]
+            headers = dict(processor.get_response_headers())
+            content_type = headers.pop("content-type", headers.pop("Content-Type", ""))
+            responses.append(
+                pb.Response(
+                    request_id=ids[idx],
+                    status=processor.get_response_status_code(),
+                    reason=processor.get_response_status_phrase(),
+                    content_type=content_type,
+                    headers=[pb.Header(name=k, value=str(v)) for k, v in headers.items()],
+                    body=codec.encode_output(value),
+                )
+            )
+        return responses
+
+    def _send_intermediate(
+        self, outputs: list[Any], ids: dict[int, str], message: str, code: int
+    ) -> None:
+        assert self.context is not None
+        for idx in range(len(outputs)):
+            self.context.set_response_header(idx, "ts_stream_next", "true")
+        result = pb.BatchResult(
+            batch_id=self.batch_id,
+            code=code,
+            message=message,
+            responses=self._responses(outputs, ids),
+            final=False,
+        )
+        self.channel.send(pb.FromWorker(result=result))
+
+    def predict(self, batch: pb.Batch) -> pb.BatchResult:
+        assert self.context is not None and self.handler is not None
+        result = pb.BatchResult(batch_id=batch.batch_id, final=True)
+        try:
+            data = self._prepare(batch)
+            ids = dict(self.context.request_ids or {})
+            start = time.perf_counter()
+            outputs = self.handler.entry(data, self.context)
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            self.context.metrics.add_time("PredictionTime", round(elapsed_ms, 2), None, "ms")
+            if not isinstance(outputs, list):
+                result.code, result.message = 503, "Invalid model predict output"
+            elif len(outputs) != len(batch.requests):
+                result.code, result.message = 503, "number of batch response mismatched"
+            else:
+                if self.context.request_processor and any(
+                    p.get_response_headers().get("ts_stream_next") for p in self.context.request_processor
+                ):
+                    for idx in range(len(outputs)):
+                        self.context.set_response_header(idx, "ts_stream_next", "false")
+                result.responses.extend(self._responses(outputs, ids))
+                result.code, result.message = 200, "Prediction success"
+        except PredictionException as exc:
+            traceback.print_exc()
+            result.code, result.message = exc.error_code, exc.message
+        except codec.UnsupportedOutput:
+            traceback.print_exc()
+            result.code, result.message = 503, "Unsupported model output data type."
+        except Exception as exc:
+            traceback.print_exc()
+            if _is_oom(exc):
+                result.code, result.message = 507, "Out of resources"
+            else:
+                result.code, result.message = 503, "Prediction failed"
+        if result.code != 200:
+            del result.responses[:]
+        for record in self.context.metrics.drain():
+            result.metrics.append(
+                pb.Metric(
+                    name=record.name,
+                    unit=record.unit,
+                    value=record.value,
+                    dimensions=[pb.Header(name=k, value=v) for k, v in record.dimensions],
+                    type=record.metric_type,
+                    request_id=record.request_id,
+                )
+            )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return result
+
+    def serve(self) -> int:
+        while True:
+            message = self.channel.receive()
+            if message is None:
+                return 0
+            kind = message.WhichOneof("kind")
+            if kind == "load":
+                loaded = self.load(message.load)
+                self.channel.send(pb.FromWorker(loaded=loaded))
+                if loaded.code != 200:
+                    return 1
+            elif kind == "batch":
+                if self.handler is None:
+                    result = pb.BatchResult(
+                        batch_id=message.batch.batch_id, code=500, message="model not loaded"
+                    )
+                else:
+                    result = self.predict(message.batch)
+                self.channel.send(pb.FromWorker(result=result))
+
+
+def run(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    try:
+        return Worker(Channel(sock)).serve()
+    except (BrokenPipeError, ConnectionResetError):
+        return 0
+    finally:
+        sock.close()

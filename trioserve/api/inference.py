@@ -1,0 +1,104 @@
+"""Inference API route handlers (contract §1): ping, predictions, explanations, API docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import trio
+
+from backend.wire import pb
+from trioserve.api import openapi
+from trioserve.api.state import ServerState
+from trioserve.errors import ServeError
+from trioserve.http.request import Request, body_inputs
+from trioserve.http.response import Response, StreamingResponse, json_response, status_response
+from trioserve.models.job import Job
+from trioserve.models.model import ModelVersion
+from trioserve.models.worker import WorkerState
+
+
+def is_healthy(state: ServerState) -> bool:
+    """Unhealthy iff some model's default version has fewer healthy workers than its minimum."""
+    for model in state.registry.defaults():
+        healthy = sum(1 for w in model.workers if w.state is not WorkerState.FAILED)
+        if healthy < model.settings.min_workers:
+            return False
+    return True
+
+
+async def ping(state: ServerState, request: Request) -> Response:
+    if is_healthy(state):
+        return status_response("Healthy")
+    return status_response("Unhealthy", 500)
+
+
+async def api_description(state: ServerState, request: Request) -> Response:
+    return json_response(openapi.inference_api())
+
+
+async def model_api_description(state: ServerState, request: Request, model: str) -> Response:
+    state.registry.resolve(model)
+    return json_response(openapi.model_inference_api(model))
+
+
+def _job(request: Request, command: int, explain: bool, url_path: str) -> Job:
+    headers = list(request.headers)
+    headers.append(("explain", "True" if explain else "False"))
+    headers.append(("url_path", url_path))
+    return Job(request.request_id, body_inputs(request), headers, command)
+
+
+def _response(result: pb.Response) -> tuple[int, str | None, str | None, list[tuple[str, str]]]:
+    headers = [(h.name, h.value) for h in result.headers]
+    return result.status or 200, result.reason or None, result.content_type or None, headers
+
+
+async def run_job(model: ModelVersion, job: Job, url_version: str | None) -> Response | StreamingResponse:
+    """Queue a job and turn its outcome into a response; a cancelled wait drops the job."""
+    model.submit_nowait(job, url_version=url_version)
+    try:
+        kind, value = await job.next_outcome()
+    except trio.Cancelled:
+        job.cancelled = True
+        raise
+    if isinstance(value, ServeError):
+        raise value
+    status, reason, content_type, headers = _response(value)
+    if kind == "final":
+        return Response(status, value.body, content_type, headers, reason)
+    return StreamingResponse(status, _stream(job, value.body), content_type, headers, reason)
+
+
+async def _stream(job: Job, first: bytes) -> AsyncIterator[bytes]:
+    yield first
+    try:
+        while True:
+            kind, value = await job.next_outcome()
+            if isinstance(value, ServeError):
+                # Headers are gone already; all we can do is end the body early.
+                return
+            yield value.body
+            if kind == "final":
+                return
+    finally:
+        if not job.done:
+            job.cancelled = True
+
+
+async def predict(
+    state: ServerState,
+    request: Request,
+    model: str,
+    version: str | None = None,
+    rest: str = "",
+    explain: bool = False,
+) -> Response | StreamingResponse:
+    target = state.registry.resolve(model, version)
+    command = pb.EXPLAIN if explain else pb.PREDICT
+    return await run_job(target, _job(request, command, explain, rest), version)
+
+
+async def explain(
+    state: ServerState, request: Request, model: str, version: str | None = None
+) -> Response | StreamingResponse:
+    return await predict(state, request, model, version, explain=True)

@@ -1,0 +1,93 @@
+"""Model names, their versions and default versions; the nursery every version runs in."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from trioserve.errors import Conflict, InvalidModelVersion, ModelNotFound, ModelVersionNotFound
+from trioserve.models.model import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+def _version_key(version: str) -> tuple[tuple[int, object], ...]:
+    """Order versions numerically where they are numbers ("1.10" after "1.9")."""
+    parts: list[tuple[int, object]] = []
+    for piece in version.replace("-", ".").split("."):
+        parts.append((0, int(piece)) if piece.isdigit() else (1, piece))
+    return tuple(parts)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    default: str = ""
+
+    def sorted_versions(self) -> list[ModelVersion]:
+        return [self.versions[v] for v in sorted(self.versions, key=_version_key)]
+
+
+class Registry:
+    def __init__(self, nursery: trio.Nursery, initial_worker_port: int = 9000) -> None:
+        self._nursery = nursery
+        self.models: dict[str, ModelEntry] = {}
+        self._ids = itertools.count(initial_worker_port)
+
+    def next_worker_id(self) -> int:
+        # Worker ids are never reused, so logs and metrics keep naming one worker.
+        return next(self._ids)
+
+    def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+        entry = self.models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"Model not found: {name}")
+        key = version if version else entry.default
+        found = entry.versions.get(key)
+        if found is None:
+            raise ModelVersionNotFound(f"Model version: {version} does not exist for model: {name}")
+        return found
+
+    def check_free(self, name: str, version: str) -> None:
+        entry = self.models.get(name)
+        if entry is not None and version in entry.versions:
+            raise Conflict(f"Model version {version} is already registered for model {name}")
+
+    async def add(self, model: ModelVersion) -> None:
+        """Start the version's nursery and make it reachable; the first version becomes default."""
+        self.check_free(model.name, model.version)
+        await self._nursery.start(model.run)
+        entry = self.models.setdefault(model.name, ModelEntry(model.name))
+        entry.versions[model.version] = model
+        if not entry.default:
+            entry.default = model.version
+
+    def remove(self, name: str, version: str | None) -> ModelVersion:
+        """Make a version unreachable (the caller drains and stops it)."""
+        model = self.resolve(name, version)
+        entry = self.models[name]
+        if model.version == entry.default and len(entry.versions) > 1:
+            raise InvalidModelVersion(f"Cannot remove default version for model {name}")
+        del entry.versions[model.version]
+        if not entry.versions:
+            del self.models[name]
+        return model
+
+    def set_default(self, name: str, version: str) -> None:
+        entry = self.models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"Model not found: {name}")
+        if version not in entry.versions:
+            raise ModelVersionNotFound(f"Model version {version} does not exist for model {name}")
+        entry.default = version
+
+    def defaults(self) -> list[ModelVersion]:
+        """The default version of every model, sorted by name."""
+        return [self.models[n].versions[self.models[n].default] for n in sorted(self.models)]
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [v for n in sorted(self.models) for v in self.models[n].sorted_versions()]

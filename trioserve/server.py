@@ -1,0 +1,193 @@
+"""The root nursery: HTTP listeners, the model registry, startup models, signals and drain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from trioserve.api.dispatch import make_handler
+from trioserve.api.management import RegisterParams, register
+from trioserve.api.state import ServerState
+from trioserve.config import Address, Config
+from trioserve.errors import ConfigError, ServeError
+from trioserve.http.connection import Limits, serve_connection
+from trioserve.http.routing import INFERENCE, MANAGEMENT, METRICS
+from trioserve.models import store
+from trioserve.models.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+# On SIGTERM, connections get this long to finish their requests before they are cancelled.
+DRAIN_TIMEOUT_S = 30.0
+STARTED_MESSAGE = "Model server started."
+
+
+@dataclass
+class Running:
+    """What ``serve`` reports once it is up: bound ports by API, and a way to stop it."""
+
+    ports: dict[str, int] = field(default_factory=dict)
+    state: ServerState | None = None
+    shutdown: Callable[[], None] = lambda: None
+
+
+def _listener_groups(config: Config) -> dict[Address, frozenset[str]]:
+    groups: dict[Address, set[str]] = {}
+    groups.setdefault(config.inference_address, set()).add(INFERENCE)
+    groups.setdefault(config.management_address, set()).add(MANAGEMENT)
+    if config.enable_metrics_api:
+        groups.setdefault(config.metrics_address, set()).add(METRICS)
+    return {address: frozenset(apis) for address, apis in groups.items()}
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext:
+    if not (config.private_key_file and config.certificate_file):
+        raise ConfigError(
+            "an https:// address needs private_key_file and certificate_file (PEM files)"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.certificate_file, config.private_key_file)
+    return context
+
+
+async def _open_listeners(address: Address, config: Config) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    listeners: list[trio.abc.Listener[trio.abc.Stream]]
+    if address.scheme == "unix":
+        if os.path.exists(address.path):
+            os.unlink(address.path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(address.path)
+        sock.listen(socket.SOMAXCONN)
+        listeners = [trio.SocketListener(sock)]
+    else:
+        host = address.host or None
+        listeners = list(await trio.open_tcp_listeners(address.port, host=host))
+    if address.tls:
+        context = _ssl_context(config)
+        return [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
+    return listeners
+
+
+def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
+    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    if isinstance(inner, trio.SocketListener) and inner.socket.family != socket.AF_UNIX:
+        return int(inner.socket.getsockname()[1])
+    return 0
+
+
+def _remote(stream: trio.abc.Stream) -> str:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            peer = inner.socket.getpeername()
+        except OSError:
+            return ""
+        if isinstance(peer, tuple):
+            return f"/{peer[0]}:{peer[1]}"
+    return ""
+
+
+async def _load_startup_models(state: ServerState) -> None:
+    config = state.config
+    spec = (config.load_models or "").strip()
+    if not spec or spec.lower() == "standalone":
+        return
+    if config.model_store is None:
+        logger.error("load_models is set but there is no model_store; no model loaded")
+        return
+    entries: list[tuple[str | None, str]] = []
+    if spec.lower() == "all":
+        entries = [(None, path.name) for path in store.store_entries(config.model_store)]
+    else:
+        for item in spec.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, url = item.partition("=")
+            entries.append((name.strip(), url.strip()) if sep else (None, item))
+    for name, url in entries:
+        params = RegisterParams(url=url, model_name=name, synchronous=False)
+        try:
+            model, _, _ = await register(state, params, at_startup=True)
+        except ServeError as exc:
+            logger.error("failed to load model %s at startup: %s", url, exc.message)
+            continue
+        state.startup_models.append(model.name)
+        logger.info("loading model %s version %s from %s", model.name, model.version, url)
+
+
+async def _wait_for_signals(cancel: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("received %s: draining", signal.Signals(signum).name)
+            cancel()
+            return
+
+
+async def serve(
+    config: Config,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until SIGTERM/SIGINT (or ``Running.shutdown``), then drain and stop.
+
+    Error handling: a listener that cannot bind raises (the start fails); a model that fails to
+    load at startup is logged and skipped.
+    """
+    extract_root = Path(tempfile.mkdtemp(prefix="trioserve-models-"))
+    running = Running()
+    listen_scope = trio.CancelScope()
+    running.shutdown = listen_scope.cancel
+    async with trio.open_nursery() as root:
+        registry = Registry(root, config.initial_worker_port)
+        state = ServerState(config, registry, extract_root)
+        running.state = state
+        limits = Limits(max_request_size=config.max_request_size)
+        async with trio.open_nursery() as connections:
+            with listen_scope:
+                async with trio.open_nursery() as listeners_nursery:
+                    for address, apis in _listener_groups(config).items():
+                        handler = make_handler(state, apis)
+                        listeners = await _open_listeners(address, config)
+                        port = _bound_port(listeners[0]) if listeners else 0
+                        for api in apis:
+                            running.ports[api] = port
+
+                        async def on_connection(
+                            stream: trio.abc.Stream, handler: object = handler
+                        ) -> None:
+                            await serve_connection(stream, handler, limits, _remote(stream))  # type: ignore[arg-type]
+
+                        listeners_nursery.start_soon(
+                            partial(trio.serve_listeners, on_connection, listeners, handler_nursery=connections)
+                        )
+                    if handle_signals:
+                        listeners_nursery.start_soon(_wait_for_signals, listen_scope.cancel)
+                    await _load_startup_models(state)
+                    logger.info(STARTED_MESSAGE)
+                    print(STARTED_MESSAGE, flush=True)
+                    task_status.started(running)
+            # Listeners are closed; give open connections a bounded time to finish.
+            connections.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT_S
+            await _drain_models(state)
+        root.cancel_scope.cancel()
+    import shutil
+
+    shutil.rmtree(extract_root, ignore_errors=True)
+
+
+async def _drain_models(state: ServerState) -> None:
+    with trio.move_on_after(DRAIN_TIMEOUT_S):
+        for model in state.registry.all_versions():
+            await model.drain()
