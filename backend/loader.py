@@ -69,7 +69,7 @@ def load_handler(handler: str, model_dir: str, context: Context) -> LoadedHandle
         raise ValueError(
             f"expected exactly one handler class in module {module_name}, found {len(classes)}"
         )
-    service = classes[0]()
+    service: Any = classes[0]()
     initialize = getattr(service, "initialize", None)
     if initialize is not None:
         initialize(context)

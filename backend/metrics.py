@@ -81,7 +81,11 @@ class MetricsCache:
         )
 
     def add_counter(
-        self, name: str, value: float, idx: int | None = None, dimensions: list[object] | None = None
+        self,
+        name: str,
+        value: float,
+        idx: int | None = None,
+        dimensions: list[object] | None = None,
     ) -> None:
         if value < 0:
             return  # counters only go up; TorchServe logs and drops a negative update
@@ -97,7 +101,9 @@ class MetricsCache:
         metric_type: str = GAUGE,
     ) -> None:
         if unit not in ("ms", "s"):
-            raise ValueError(f"the unit for a timed metric should be one of ['ms', 's'], not {unit}")
+            raise ValueError(
+                f"the unit for a timed metric should be one of ['ms', 's'], not {unit}"
+            )
         self.add_metric(name, value, unit, idx, dimensions, metric_type)
 
     def add_size(
@@ -110,7 +116,9 @@ class MetricsCache:
         metric_type: str = GAUGE,
     ) -> None:
         if unit not in ("MB", "kB", "GB", "B"):
-            raise ValueError(f"the unit for a size metric should be one of MB, kB, GB, B, not {unit}")
+            raise ValueError(
+                f"the unit for a size metric should be one of MB, kB, GB, B, not {unit}"
+            )
         self.add_metric(name, value, unit, idx, dimensions, metric_type)
 
     def add_percent(

@@ -31,7 +31,7 @@ class FrameError(Exception):
 
 
 def encode_frame(message: Message) -> bytes:
-    payload = message.SerializeToString()
+    payload: bytes = message.SerializeToString()
     if len(payload) > MAX_FRAME_BYTES:
         raise FrameError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES} limit")
     return _LENGTH.pack(len(payload)) + payload
@@ -71,7 +71,7 @@ class FrameDecoder(Generic[M]):
         start = self._pos + _LENGTH.size
         if len(self._buf) - start < length:
             return None
-        message = self._type()
+        message: M = self._type()
         try:
             message.ParseFromString(bytes(self._buf[start : start + length]))
         except DecodeError as exc:

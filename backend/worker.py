@@ -137,7 +137,8 @@ class Worker:
         self.channel.send(pb.FromWorker(result=result))
 
     def predict(self, batch: pb.Batch) -> pb.BatchResult:
-        assert self.context is not None and self.handler is not None
+        assert self.context is not None
+        assert self.handler is not None
         result = pb.BatchResult(batch_id=batch.batch_id, final=True)
         try:
             data = self._prepare(batch)
@@ -152,7 +153,8 @@ class Worker:
                 result.code, result.message = 503, "number of batch response mismatched"
             else:
                 if self.context.request_processor and any(
-                    p.get_response_headers().get("ts_stream_next") for p in self.context.request_processor
+                    p.get_response_headers().get("ts_stream_next")
+                    for p in self.context.request_processor
                 ):
                     for idx in range(len(outputs)):
                         self.context.set_response_header(idx, "ts_stream_next", "false")

@@ -38,11 +38,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log-config", help="Python logging config (.ini, .json or .yaml)")
         p.add_argument("--foreground", action="store_true", help="stay attached")
         p.add_argument(
-            "--ncs", "--no-config-snapshots", dest="ncs", action="store_true",
+            "--ncs",
+            "--no-config-snapshots",
+            dest="ncs",
+            action="store_true",
             help="neither read nor write config snapshots",
         )
         p.add_argument("--enable-model-api", action="store_true")
-        p.add_argument("--disable-token-auth", "--dt", dest="disable_token_auth", action="store_true")
+        p.add_argument(
+            "--disable-token-auth", "--dt", dest="disable_token_auth", action="store_true"
+        )
 
     server_flags(sub.add_parser("run", help="run the server in the foreground"))
     server_flags(sub.add_parser("start", help="start the server in the background"))
@@ -121,7 +126,9 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     if args.foreground:
         return _run(args)
     if _running_pid() is not None:
-        print("trioserve is already running, please use trioserve stop to stop it.", file=sys.stderr)
+        print(
+            "trioserve is already running, please use trioserve stop to stop it.", file=sys.stderr
+        )
         return 1
     _config(args)  # fail here, in the caller's terminal, on a bad configuration
     log_dir = Path(os.environ.get("LOG_LOCATION", "logs"))
@@ -141,7 +148,10 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            print(f"trioserve exited during startup (code {process.returncode}); see {log_path}", file=sys.stderr)
+            print(
+                f"trioserve exited during startup (code {process.returncode}); see {log_path}",
+                file=sys.stderr,
+            )
             PID_FILE.unlink(missing_ok=True)
             return 1
         with open(log_path, "rb") as log:
@@ -150,7 +160,10 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
                 print(f"trioserve started (pid {process.pid}); logs in {log_path}")
                 return 0
         time.sleep(0.1)
-    print(f"trioserve did not become ready in {START_TIMEOUT_S:.0f} s; see {log_path}", file=sys.stderr)
+    print(
+        f"trioserve did not become ready in {START_TIMEOUT_S:.0f} s; see {log_path}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -188,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stop":
             return _stop()
         if args.command == "config":
-            config = load_config(environ=os.environ, cwd=Path.cwd(), ts_config=args.ts_config,
-                                 model_store=args.model_store, models=args.models)
+            config = load_config(
+                environ=os.environ,
+                cwd=Path.cwd(),
+                ts_config=args.ts_config,
+                model_store=args.model_store,
+                models=args.models,
+            )
             for key, value, source in config.effective():
                 print(f"{key} = {value}    # {source}")
             return 0

@@ -1,5 +1,5 @@
 """The public surface for handler authors."""
 
 from backend.context import Context as Context
-from backend.handler import BaseHandler as BaseHandler
+from backend.handlers.base_handler import BaseHandler as BaseHandler
 from backend.util import PredictionException as PredictionException

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -60,11 +59,14 @@ def _ssl_context(config: Config) -> ssl.SSLContext:
     return context
 
 
-async def _open_listeners(address: Address, config: Config) -> list[trio.abc.Listener[trio.abc.Stream]]:
+async def _open_listeners(
+    address: Address, config: Config
+) -> list[trio.abc.Listener[trio.abc.Stream]]:
     listeners: list[trio.abc.Listener[trio.abc.Stream]]
     if address.scheme == "unix":
-        if os.path.exists(address.path):
-            os.unlink(address.path)
+        stale = trio.Path(address.path)
+        if await stale.exists():
+            await stale.unlink()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await sock.bind(address.path)
         sock.listen(socket.SOMAXCONN)
@@ -110,13 +112,13 @@ async def _load_startup_models(state: ServerState) -> None:
         entries = [(None, path.name) for path in store.store_entries(config.model_store)]
     else:
         for item in spec.split(","):
-            item = item.strip()
-            if not item:
+            token = item.strip()
+            if not token:
                 continue
-            name, sep, url = item.partition("=")
-            entries.append((name.strip(), url.strip()) if sep else (None, item))
-    for name, url in entries:
-        params = RegisterParams(url=url, model_name=name, synchronous=False)
+            name, sep, url = token.partition("=")
+            entries.append((name.strip(), url.strip()) if sep else (None, token))
+    for given_name, url in entries:
+        params = RegisterParams(url=url, model_name=given_name, synchronous=False)
         try:
             model, _, _ = await register(state, params, at_startup=True)
         except ServeError as exc:
@@ -170,7 +172,12 @@ async def serve(
                             await serve_connection(stream, handler, limits, _remote(stream))  # type: ignore[arg-type]
 
                         listeners_nursery.start_soon(
-                            partial(trio.serve_listeners, on_connection, listeners, handler_nursery=connections)
+                            partial(
+                                trio.serve_listeners,
+                                on_connection,
+                                listeners,
+                                handler_nursery=connections,
+                            )
                         )
                     if handle_signals:
                         listeners_nursery.start_soon(_wait_for_signals, listen_scope.cancel)

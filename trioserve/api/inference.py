@@ -53,7 +53,9 @@ def _response(result: pb.Response) -> tuple[int, str | None, str | None, list[tu
     return result.status or 200, result.reason or None, result.content_type or None, headers
 
 
-async def run_job(model: ModelVersion, job: Job, url_version: str | None) -> Response | StreamingResponse:
+async def run_job(
+    model: ModelVersion, job: Job, url_version: str | None
+) -> Response | StreamingResponse:
     """Queue a job and turn its outcome into a response; a cancelled wait drops the job."""
     model.submit_nowait(job, url_version=url_version)
     try:

@@ -134,7 +134,11 @@ def resolve_settings(
         max_workers = _first(from_json("maxWorkers"), default=workers)
     else:
         initial = params.initial_workers
-        workers = initial if initial is not None and initial > 0 else max(config.default_workers_per_model, 0)
+        workers = (
+            initial
+            if initial is not None and initial > 0
+            else max(config.default_workers_per_model, 0)
+        )
         max_workers = workers
     if yaml.min_workers is not None and yaml.min_workers > 0:
         top = yaml.max_workers if yaml.max_workers is not None else yaml.min_workers
@@ -350,7 +354,7 @@ async def _customized(model: ModelVersion, request: Request) -> str | None:
             f'Model "{model.name}" has no worker to serve describe request. '
             "Please use scale workers API to add workers."
         ) from None
-    kind, value = await job.next_outcome()
+    _, value = await job.next_outcome()
     if isinstance(value, ServeError):
         raise value
     text = value.body.decode("utf-8", "replace")
@@ -364,7 +368,9 @@ async def describe_model(
 ) -> Response:
     if version == "all":
         state.registry.resolve(model)
-        return json_response([describe_json(v) for v in state.registry.models[model].sorted_versions()])
+        return json_response(
+            [describe_json(v) for v in state.registry.models[model].sorted_versions()]
+        )
     target = state.registry.resolve(model, version)
     body = describe_json(target)
     if _true(request.param("customized")):
@@ -425,7 +431,9 @@ async def unregister_model(
 
 async def set_default(state: ServerState, request: Request, model: str, version: str) -> Response:
     state.registry.set_default(model, version)
-    return status_response(f'Default version successfully updated for model "{model}" to "{version}"')
+    return status_response(
+        f'Default version successfully updated for model "{model}" to "{version}"'
+    )
 
 
 async def management_api_description(state: ServerState, request: Request) -> Response:

@@ -56,7 +56,9 @@ class _ClientGone(Exception):
 
 
 class HTTPConnection:
-    def __init__(self, stream: trio.abc.Stream, handler: Handler, limits: Limits, remote: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, handler: Handler, limits: Limits, remote: str
+    ) -> None:
         self.stream = stream
         self.handler = handler
         self.limits = limits
@@ -68,7 +70,7 @@ class HTTPConnection:
             data = await self.stream.receive_some(READ_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise _ClientGone() from exc
-        self.conn.receive_data(data)
+        self.conn.receive_data(bytes(data))
 
     async def _send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
@@ -84,12 +86,12 @@ class HTTPConnection:
             self.conn.send_failed()
             raise _ClientGone()
 
-    async def _next_event(self, timeout: float) -> h11.Event:
-        with trio.move_on_after(timeout) as scope:
+    async def _next_event(self, seconds: float) -> h11.Event | type[h11.PAUSED]:
+        with trio.move_on_after(seconds) as scope:
             while True:
                 event = self.conn.next_event()
                 if event is not h11.NEED_DATA:
-                    return event
+                    return event  # type: ignore[return-value]
                 if self.conn.they_are_waiting_for_100_continue:
                     await self._send(h11.InformationalResponse(status_code=100, headers=[]))
                 await self._read_more()
@@ -145,7 +147,11 @@ class HTTPConnection:
             remote=self.remote,
         )
         declared = request.header("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_request_size:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.limits.max_request_size
+        ):
             await self._send_simple(Response(413), request_id)
             self._log(request, 413, start)
             return False
@@ -161,7 +167,9 @@ class HTTPConnection:
         response = await self._dispatch(request)
         status = await self._respond(response, request_id)
         self._log(request, status, start)
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and status < 400
+        return (
+            self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and status < 400
+        )
 
     async def _read_body(self) -> bytes:
         body = bytearray()

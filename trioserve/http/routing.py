@@ -36,7 +36,12 @@ _TABLE: tuple[tuple[str, tuple[str, ...], frozenset[str], str], ...] = (
     (MANAGEMENT, ("api-description",), ANY, "management_api_description"),
     (MANAGEMENT, ("models",), frozenset({"GET"}), "list_models"),
     (MANAGEMENT, ("models",), frozenset({"POST"}), "register_model"),
-    (MANAGEMENT, ("models", "{model}", "{version}", "set-default"), frozenset({"PUT"}), "set_default"),
+    (
+        MANAGEMENT,
+        ("models", "{model}", "{version}", "set-default"),
+        frozenset({"PUT"}),
+        "set_default",
+    ),
     (MANAGEMENT, ("models", "{model}"), frozenset({"GET"}), "describe_model"),
     (MANAGEMENT, ("models", "{model}"), frozenset({"PUT"}), "scale_workers"),
     (MANAGEMENT, ("models", "{model}"), frozenset({"DELETE"}), "unregister_model"),

@@ -36,7 +36,10 @@ class Job:
         return pb.Request(
             request_id=self.request_id,
             headers=[pb.Header(name=k, value=v) for k, v in self.headers],
-            inputs=[pb.Input(name=i.name, content_type=i.content_type, value=i.value) for i in self.inputs],
+            inputs=[
+                pb.Input(name=i.name, content_type=i.content_type, value=i.value)
+                for i in self.inputs
+            ],
         )
 
     def chunk(self, response: pb.Response) -> None:

@@ -90,7 +90,11 @@ class ModelVersion:
         self.batches_send, self.batches = trio.open_memory_channel[list[Job]](0)
         self.wants_work, self._wants_recv = trio.open_memory_channel[None](math.inf)
         self.batcher = Batcher(
-            self._jobs_recv, self.batches_send, self._wants_recv, settings.batch_size, settings.max_batch_delay
+            self._jobs_recv,
+            self.batches_send,
+            self._wants_recv,
+            settings.batch_size,
+            settings.max_batch_delay,
         )
         self.workers: list[WorkerSupervisor] = []
         self._nursery: trio.Nursery | None = None
@@ -113,7 +117,9 @@ class ModelVersion:
                     task_status.started()
                     await trio.sleep_forever()
         finally:
-            self._fail_leftovers(ServiceUnavailable(f"Model {self.name} version {self.version} was stopped."))
+            self._fail_leftovers(
+                ServiceUnavailable(f"Model {self.name} version {self.version} was stopped.")
+            )
             self.stopped.set()
 
     def _fail_leftovers(self, error: ServeError) -> None:
@@ -131,7 +137,11 @@ class ModelVersion:
 
     # -- jobs -----------------------------------------------------------------------------------
     def live_workers(self) -> list[WorkerSupervisor]:
-        return [w for w in self.workers if w.state not in (WorkerState.STOPPED, WorkerState.FAILED) and not w.retiring]
+        return [
+            w
+            for w in self.workers
+            if w.state not in (WorkerState.STOPPED, WorkerState.FAILED) and not w.retiring
+        ]
 
     def submit_nowait(self, job: Job, *, url_version: str | None = None) -> None:
         """Queue a job, or raise ServiceUnavailable at once: no worker, or the queue is full."""
@@ -154,7 +164,7 @@ class ModelVersion:
         return ModelStatistics(
             queued=stats.current_buffer_used + len(self.batcher.pending()),
             in_flight=sum(1 for w in self.workers if w.state is WorkerState.BUSY),
-            remaining_capacity=stats.max_buffer_size - stats.current_buffer_used,  # type: ignore[operator]
+            remaining_capacity=int(stats.max_buffer_size) - stats.current_buffer_used,
             workers=by_state,
         )
 

@@ -55,9 +55,10 @@ def resolve_local(url: str, model_store: str | None) -> Path:
 def _download(url: str, target: Path) -> None:
     tmp_fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".download-")
     try:
-        with os.fdopen(tmp_fd, "wb") as out, urllib.request.urlopen(  # noqa: S310 - allowed_urls checked
-            url, timeout=DOWNLOAD_TIMEOUT_S
-        ) as response:
+        with (
+            os.fdopen(tmp_fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        ):
             total = 0
             while chunk := response.read(1 << 20):
                 total += len(chunk)
@@ -94,7 +95,7 @@ async def fetch(url: str, model_store: str | None, allowed: tuple[str, ...]) -> 
         path = Path(urllib.parse.unquote(parsed.path))
         if ".." in path.parts:
             raise ModelNotFound(f"Relative path is not allowed in url: {url}")
-        if not path.exists():
+        if not await trio.Path(path).exists():
             raise ModelNotFound(f"Model not found at: {url}")
         return path, False
     if model_store is None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -50,7 +50,9 @@ class WorkerState(enum.Enum):
 
 
 _TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.RESTARTING, WorkerState.STOPPED, WorkerState.FAILED}),
+    WorkerState.STARTING: frozenset(
+        {WorkerState.READY, WorkerState.RESTARTING, WorkerState.STOPPED, WorkerState.FAILED}
+    ),
     WorkerState.READY: frozenset({WorkerState.BUSY, WorkerState.RESTARTING, WorkerState.STOPPED}),
     WorkerState.BUSY: frozenset({WorkerState.READY, WorkerState.RESTARTING, WorkerState.STOPPED}),
     WorkerState.RESTARTING: frozenset({WorkerState.STARTING, WorkerState.STOPPED}),
@@ -126,7 +128,9 @@ class WorkerSupervisor:
         if state is self.state:
             return
         if state not in _TRANSITIONS[self.state]:
-            raise RuntimeError(f"worker {self.name}: illegal transition {self.state.value} -> {state.value}")
+            raise RuntimeError(
+                f"worker {self.name}: illegal transition {self.state.value} -> {state.value}"
+            )
         self.state = state
 
     def info(self) -> WorkerInfo:
@@ -194,7 +198,8 @@ class WorkerSupervisor:
                 child.close()
                 self.pid = process.pid
                 self.start_time = time.time()
-                assert process.stdout is not None and process.stderr is not None
+                assert process.stdout is not None
+                assert process.stderr is not None
                 nursery.start_soon(self._pump, process.stdout, logging.INFO, False)
                 nursery.start_soon(self._pump, process.stderr, logging.WARNING, True)
                 nursery.start_soon(self._watch_exit, process)
@@ -282,7 +287,9 @@ class WorkerSupervisor:
         with trio.move_on_after(self.model.settings.startup_timeout) as scope:
             reply = await self._receive()
         if scope.cancelled_caught:
-            raise _ProcessGone(f"model load exceeded startup_timeout ({self.model.settings.startup_timeout} s)")
+            raise _ProcessGone(
+                f"model load exceeded startup_timeout ({self.model.settings.startup_timeout} s)"
+            )
         if reply.WhichOneof("kind") != "loaded":
             raise _ProcessGone("worker answered the load with an unexpected frame")
         if reply.loaded.code != 200:
@@ -319,8 +326,10 @@ class WorkerSupervisor:
         if not live:
             return
         self._batch_seq += 1
-        command = live[0].command
-        batch = pb.Batch(batch_id=self._batch_seq, command=command, requests=[j.to_wire() for j in live])
+        command = cast("pb.Command", live[0].command)
+        batch = pb.Batch(
+            batch_id=self._batch_seq, command=command, requests=[j.to_wire() for j in live]
+        )
         by_id = {j.request_id: j for j in live}
         now = trio.current_time()
         for job in live:
@@ -354,7 +363,11 @@ class WorkerSupervisor:
         """Route a result to its jobs; return whether the batch is finished."""
         if result.code != 200 and result.final:
             logger.error(
-                "%s: batch failed with %d %s (model %s)", self.name, result.code, result.message, self.model.name
+                "%s: batch failed with %d %s (model %s)",
+                self.name,
+                result.code,
+                result.message,
+                self.model.name,
             )
             self._fail_all(list(by_id.values()), BackendError(result.message, code=result.code))
             return True
@@ -374,4 +387,3 @@ class WorkerSupervisor:
     def start_time_text(self) -> str:
         stamp = datetime.datetime.fromtimestamp(self.start_time)
         return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
