@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import logging.config
 import os
@@ -87,12 +86,15 @@ def _setup_logging(log_config: str | None) -> None:
     path = Path(log_config)
     if not path.is_file():
         raise ConfigError(f"--log-config file not found: {log_config}")
-    if path.suffix == ".json":
-        logging.config.dictConfig(json.loads(path.read_text()))
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
+    if path.suffix in (".json", ".yaml", ".yml"):
+        import yaml  # YAML is a superset of JSON
 
-        logging.config.dictConfig(yaml.safe_load(path.read_text()))
+        spec = yaml.safe_load(path.read_text())
+        if not isinstance(spec, dict):
+            raise ConfigError(f"--log-config {log_config}: expected a logging dictConfig mapping")
+        # Module loggers exist before the config is read; keep them unless the file says not.
+        spec.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(spec)
     else:
         logging.config.fileConfig(path, disable_existing_loggers=False)
 
