@@ -75,12 +75,25 @@ def main() -> int:
         "enable_metrics_api=false\n"
         f"default_workers_per_model={args.workers}\n"
     )
-    log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed in finally
+    log = open(workdir / "server.log", "w")  # closed in the finally below
     server = subprocess.Popen(
-        [sys.executable, "-m", "trioserve", "run", "--ts-config", str(config),
-         "--model-store", str(EXAMPLES), "--models", "echo",
-         "--log-config", str(ROOT / "bench" / "quiet-logging.json")],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "trioserve",
+            "run",
+            "--ts-config",
+            str(config),
+            "--model-store",
+            str(EXAMPLES),
+            "--models",
+            "echo",
+            "--log-config",
+            str(ROOT / "bench" / "quiet-logging.json"),
+        ],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{inference}"
     try:
@@ -99,28 +112,40 @@ def main() -> int:
         lua = workdir / "post.lua"
         lua.write_text(LUA_POST)
         print(f"trioserve bench: {args.duration} s per scenario, {args.workers} echo worker(s)")
-        print(f"{'scenario':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-              f"{'front µs/req':>14}{'worker µs/req':>15}{'non-2xx':>9}")
-        for name, path, script in (("GET /ping", "/ping", None),
-                                   ("POST /predictions/echo", "/predictions/echo", lua)):
+        print(
+            f"{'scenario':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+            f"{'front µs/req':>14}{'worker µs/req':>15}{'non-2xx':>9}"
+        )
+        for name, path, script in (
+            ("GET /ping", "/ping", None),
+            ("POST /predictions/echo", "/predictions/echo", lua),
+        ):
             for conns in (1, 32):
                 workers = frontend.children(recursive=True)
                 before_front = cpu_seconds(frontend)
                 before_workers = sum(cpu_seconds(w) for w in workers)
-                command = ["wrk", "-t1" if conns == 1 else "-t2", f"-c{conns}",
-                           f"-d{args.duration}s", "--latency"]
+                command = [
+                    "wrk",
+                    "-t1" if conns == 1 else "-t2",
+                    f"-c{conns}",
+                    f"-d{args.duration}s",
+                    "--latency",
+                ]
                 if script is not None:
                     command += ["-s", str(script)]
-                output = subprocess.run([*command, base + path], capture_output=True,
-                                        text=True, check=True).stdout
+                output = subprocess.run(
+                    [*command, base + path], capture_output=True, text=True, check=True
+                ).stdout
                 result = parse_wrk(output)
                 front = (cpu_seconds(frontend) - before_front) / max(result["requests"], 1)
                 worker = (sum(cpu_seconds(w) for w in workers) - before_workers) / max(
                     result["requests"], 1
                 )
-                print(f"{name + f' c={conns}':<26}{result['rps']:>10.0f}{result['p50_ms']:>10.2f}"
-                      f"{result['p99_ms']:>10.2f}{front * 1e6:>14.0f}{worker * 1e6:>15.0f}"
-                      f"{result['errors']:>9.0f}")
+                print(
+                    f"{name + f' c={conns}':<26}{result['rps']:>10.0f}{result['p50_ms']:>10.2f}"
+                    f"{result['p99_ms']:>10.2f}{front * 1e6:>14.0f}{worker * 1e6:>15.0f}"
+                    f"{result['errors']:>9.0f}"
+                )
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -278,4 +278,5 @@ def test_log_config_and_toml_config(workdir: Path, ports: dict[str, int]) -> Non
         process.stdout.close()
     text = log_file.read_text()
     assert "trioserve.server|Model server started." in text
-    assert "trioserve.access|" in text and '"GET /ping HTTP/1.1" 200' in text
+    assert "trioserve.access|" in text
+    assert '"GET /ping HTTP/1.1" 200' in text
