@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from typing import Any
 
 from backend.wire import pb
@@ -46,15 +47,14 @@ def encode_output(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    try:
-        import torch
-
-        if isinstance(value, torch.Tensor):
-            buffer = io.BytesIO()
-            torch.save(value, buffer)
-            return buffer.getvalue()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    # Only a handler that imported torch can return a tensor; importing it here for every
+    # other handler would cost seconds on the first response (enough to trip a short
+    # response_timeout).
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
     try:
         return json.dumps(value, indent=2).encode("utf-8")
     except (TypeError, ValueError) as exc:

@@ -51,10 +51,7 @@ async def start_server(nursery: trio.Nursery, config: Config) -> Server:
     running: Running = await nursery.start(
         lambda task_status: serve(config, handle_signals=False, task_status=task_status)
     )
-    if config.inference_address == config.management_address:
-        mgmt_port = running.ports["inference"]
-    else:
-        mgmt_port = running.ports["management"]
+    mgmt_port = running.ports["management"]
     timeout = httpx.Timeout(60.0)
     return Server(
         running,

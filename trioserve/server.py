@@ -7,7 +7,7 @@ import signal
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +19,7 @@ from trioserve.api.management import RegisterParams, register
 from trioserve.api.state import ServerState
 from trioserve.config import Address, Config
 from trioserve.errors import ConfigError, ServeError
-from trioserve.http.connection import Limits, serve_connection
+from trioserve.http.connection import Drain, Handler, Limits, serve_connection
 from trioserve.http.routing import INFERENCE, MANAGEMENT, METRICS
 from trioserve.models import store
 from trioserve.models.registry import Registry
@@ -40,13 +40,24 @@ class Running:
     shutdown: Callable[[], None] = lambda: None
 
 
-def _listener_groups(config: Config) -> dict[Address, frozenset[str]]:
-    groups: dict[Address, set[str]] = {}
-    groups.setdefault(config.inference_address, set()).add(INFERENCE)
-    groups.setdefault(config.management_address, set()).add(MANAGEMENT)
+def _listener_groups(config: Config) -> list[tuple[Address, frozenset[str]]]:
+    """One listener per distinct address; APIs that share an address share its listener.
+
+    Port 0 means "any free port", so two port-0 addresses are two listeners, never one.
+    """
+    wanted = [(config.inference_address, INFERENCE), (config.management_address, MANAGEMENT)]
     if config.enable_metrics_api:
-        groups.setdefault(config.metrics_address, set()).add(METRICS)
-    return {address: frozenset(apis) for address, apis in groups.items()}
+        wanted.append((config.metrics_address, METRICS))
+    groups: list[tuple[Address, set[str]]] = []
+    for address, api in wanted:
+        shared = next(
+            (apis for addr, apis in groups if addr == address and address.port != 0), None
+        )
+        if shared is not None:
+            shared.add(api)
+        else:
+            groups.append((address, {api}))
+    return [(address, frozenset(apis)) for address, apis in groups]
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext:
@@ -97,6 +108,15 @@ def _remote(stream: trio.abc.Stream) -> str:
         if isinstance(peer, tuple):
             return f"/{peer[0]}:{peer[1]}"
     return ""
+
+
+def _on_connection(
+    handler: Handler, limits: Limits, drain: Drain
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    async def on_connection(stream: trio.abc.Stream) -> None:
+        await serve_connection(stream, handler, limits, _remote(stream), drain)
+
+    return on_connection
 
 
 async def _load_startup_models(state: ServerState) -> None:
@@ -156,25 +176,20 @@ async def serve(
         state = ServerState(config, registry, extract_root)
         running.state = state
         limits = Limits(max_request_size=config.max_request_size)
+        drain = Drain()
         async with trio.open_nursery() as connections:
             with listen_scope:
                 async with trio.open_nursery() as listeners_nursery:
-                    for address, apis in _listener_groups(config).items():
+                    for address, apis in _listener_groups(config):
                         handler = make_handler(state, apis)
                         listeners = await _open_listeners(address, config)
                         port = _bound_port(listeners[0]) if listeners else 0
                         for api in apis:
                             running.ports[api] = port
-
-                        async def on_connection(
-                            stream: trio.abc.Stream, handler: object = handler
-                        ) -> None:
-                            await serve_connection(stream, handler, limits, _remote(stream))  # type: ignore[arg-type]
-
                         listeners_nursery.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                on_connection,
+                                _on_connection(handler, limits, drain),
                                 listeners,
                                 handler_nursery=connections,
                             )
@@ -185,7 +200,9 @@ async def serve(
                     logger.info(STARTED_MESSAGE)
                     print(STARTED_MESSAGE, flush=True)
                     task_status.started(running)
-            # Listeners are closed; give open connections a bounded time to finish.
+            # Listeners are closed: idle connections close now, busy ones finish their request
+            # within a bounded time.
+            drain.begin()
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT_S
             await _drain_models(state)
         root.cancel_scope.cancel()

@@ -248,3 +248,192 @@ def expected_probs(values: list[float], seed: int = 0) -> list[float]:
     net = TinyNet().eval()
     with torch.no_grad():
         return [float(x) for x in net(torch.tensor(values))]
+
+
+# -- handlers for tests/integration/test_workers.py -------------------------------------------
+
+# A module whose one handler class counts its initialisations in a class attribute; the imported
+# class (OrderedDict) must not count as a second handler class (contract §7.1).
+COUNTING_CLASS_HANDLER = """
+import os
+from collections import OrderedDict
+
+
+class Counting:
+    inits = 0
+
+    def __init__(self):
+        self.handled = 0
+
+    def initialize(self, context):
+        type(self).inits += 1
+        self.seen = OrderedDict(model=context.model_name)
+
+    def handle(self, data, context):
+        self.handled += 1
+        return [
+            {"inits": type(self).inits, "handled": self.handled, "pid": os.getpid(), **self.seen}
+            for _ in data
+        ]
+"""
+
+# A function entry under a chosen name (``custom_entry:serve``); ``handle`` is a decoy that
+# must not be used. The log records every call, so the load call shows as ``None``.
+NAMED_FUNCTION_HANDLER = """
+CALLS = []
+
+
+def handle(data, context):
+    raise AssertionError("the handler string named serve, not handle")
+
+
+def serve(data, context):
+    CALLS.append({"data": None if data is None else len(data), "context": type(context).__name__})
+    if data is None:
+        return None
+    return [{"calls": CALLS} for _ in data]
+"""
+
+# The default function entry ``handle``, with the same call log.
+DEFAULT_FUNCTION_HANDLER = """
+CALLS = []
+
+
+def handle(data, context):
+    CALLS.append({"data": None if data is None else len(data), "context": type(context).__name__})
+    if data is None:
+        return None
+    return [{"calls": CALLS} for _ in data]
+"""
+
+# Reports the Context (contract §7.3) and sets a response header per request.
+CONTEXT_HANDLER = """
+import os
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    out = []
+    for idx, _ in enumerate(data):
+        rid = context.get_request_id(idx)
+        context.set_response_header(idx, "x-seen-request-id", rid)
+        context.set_response_header(idx, "x-handler", "context")
+        out.append({
+            "index": idx,
+            "model_name": context.model_name,
+            "request_id": rid,
+            "request_ids": {str(k): v for k, v in context.request_ids.items()},
+            "system_properties": context.system_properties,
+            "manifest": context.manifest,
+            "model_yaml_config": context.model_yaml_config,
+            "cwd": os.getcwd(),
+        })
+    return out
+"""
+
+# Streams two chunks per request, then returns the last one (contract §1.4, §7.5).
+STREAMING_HANDLER = """
+from backend.streaming import send_intermediate_predict_response
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    for _ in range(2):
+        send_intermediate_predict_response(
+            ["hello "] * len(data), context.request_ids, "Intermediate Prediction success", 200,
+            context,
+        )
+    return ["world"] * len(data)
+"""
+
+# Writes to stdout and stderr at load and per batch.
+PRINTING_HANDLER = """
+import sys
+
+print("stdout line at load")
+print("stderr line at load", file=sys.stderr)
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    print("stdout line in batch")
+    print("stderr line in batch", file=sys.stderr)
+    return ["printed"] * len(data)
+"""
+
+
+def source_archive(
+    store: Path,
+    name: str,
+    files: dict[str, str],
+    handler: str,
+    *,
+    version: str = "1.0",
+    config_yaml: str | None = None,
+) -> Path:
+    """A .mar of handler sources under their own file names, with the handler string as given."""
+    contents: dict[str, bytes | str] = {k: textwrap.dedent(v) for k, v in files.items()}
+    extra: dict[str, str] = {}
+    if config_yaml is not None:
+        contents["model-config.yaml"] = config_yaml
+        extra["configFile"] = "model-config.yaml"
+    contents["MAR-INF/MANIFEST.json"] = manifest(name, handler, version, **extra)
+    return write_archive(store, f"{name}.mar", contents)
+
+
+# Fails to load, but only after a while: leaves time to act while its workers start.
+SLOW_BROKEN_INIT_HANDLER = """
+import time
+
+class SlowBroken:
+    def initialize(self, context):
+        time.sleep(1.5)
+        raise RuntimeError("cannot load weights, slowly")
+
+    def handle(self, data, context):
+        return data
+"""
+
+# Streams one chunk, then fails: the client must not mistake the cut-off body for a whole one.
+STREAM_THEN_FAIL_HANDLER = """
+from backend.streaming import send_intermediate_predict_response
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    send_intermediate_predict_response(
+        ["partial "] * len(data), context.request_ids, "Intermediate Prediction success", 200,
+        context,
+    )
+    raise ValueError("failed after the first chunk")
+"""
+
+# Dies mid-batch after writing its last words to stderr without a newline.
+DYING_HANDLER = """
+import os, sys
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    sys.stderr.write("last words without a newline")
+    sys.stderr.flush()
+    os._exit(4)
+"""
+
+# The process itself dies while loading (as a segfault or the OOM killer would end it): no
+# load reply ever comes back.
+CRASH_AT_LOAD_HANDLER = """
+import os, sys
+
+sys.stderr.write("crashing during load\\n")
+os._exit(5)
+
+
+def handle(data, context):
+    return data
+"""

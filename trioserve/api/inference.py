@@ -77,8 +77,9 @@ async def _stream(job: Job, first: bytes) -> AsyncIterator[bytes]:
         while True:
             kind, value = await job.next_outcome()
             if isinstance(value, ServeError):
-                # Headers are gone already; all we can do is end the body early.
-                return
+                # The head is out already: raising makes the connection end without the final
+                # chunk, which is how the client learns the body is incomplete.
+                raise value
             yield value.body
             if kind == "final":
                 return

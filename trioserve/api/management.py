@@ -29,7 +29,7 @@ from trioserve.models import store
 from trioserve.models.archive import ModelArchive, open_archive, remove_extraction
 from trioserve.models.job import Job
 from trioserve.models.model import ModelSettings, ModelVersion
-from trioserve.models.worker import WorkerState
+from trioserve.models.worker import WorkerState, WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -278,16 +278,32 @@ async def scale_workers(
         raise BadRequest("max_worker cannot be less than min_worker.")
     if min_workers < 0:
         raise InternalServerError(f"min_worker cannot be negative: {min_workers}")
+    before = target.live_workers()
     started = target.scale(min_workers, max_workers)
     if not _true(request.param("synchronous")):
         return status_response("Processing worker updates...", 202)
+    retired = [w for w in before if w.retiring]
     ready, _ = await target.wait_workers(started)
+    # A synchronous scale-down answers once the retired workers' processes are gone (a busy one
+    # finishes its batch first), as TorchServe waits for the kill; bounded like unregister.
+    with trio.move_on_after(state.config.unregister_model_timeout):
+        await _wait_stopped(retired)
     if started and ready == 0:
-        raise InternalServerError(f"Failed to start workers for model {model} version: {version}")
+        # TorchServe prints the path's version, literally "null" when none was given.
+        raise InternalServerError(
+            f"Failed to start workers for model {model} version: {version or 'null'}"
+        )
     if ready < len(started):
         return status_response("Workers scaling in progress...", 206)
     suffix = f", version: {version}" if version else ""
     return status_response(f"Workers scaled to {min_workers} for model: {model}{suffix}")
+
+
+async def _wait_stopped(workers: list[WorkerSupervisor]) -> None:
+    """Wait until each worker's supervisor has finished (its process is reaped)."""
+    # WorkerSupervisor has no "stopped" event to wait on, so poll its state.
+    while any(w.state not in (WorkerState.STOPPED, WorkerState.FAILED) for w in workers):  # noqa: ASYNC110
+        await trio.sleep(0.01)
 
 
 def _worker_json(worker: Any) -> dict[str, Any]:
@@ -337,7 +353,12 @@ def describe_json(model: ModelVersion) -> dict[str, Any]:
         "maxNumSequence": 0,
         "maxSequenceJobQueueSize": 0,
         "loadedAtStartup": s.loaded_at_startup,
-        "workers": [_worker_json(w) for w in model.workers if w.state is not WorkerState.STOPPED],
+        # Retired workers leave the list at once, as TorchServe drops them from its thread list.
+        "workers": [
+            _worker_json(w)
+            for w in model.workers
+            if w.state is not WorkerState.STOPPED and not w.retiring
+        ],
         "jobQueueStatus": {
             "remainingCapacity": stats.remaining_capacity,
             "pendingRequests": stats.queued,
@@ -354,7 +375,11 @@ async def _customized(model: ModelVersion, request: Request) -> str | None:
             f'Model "{model.name}" has no worker to serve describe request. '
             "Please use scale workers API to add workers."
         ) from None
-    _, value = await job.next_outcome()
+    try:
+        _, value = await job.next_outcome()
+    except trio.Cancelled:
+        job.cancelled = True  # the client went away: the batcher drops the job
+        raise
     if isinstance(value, ServeError):
         raise value
     text = value.body.decode("utf-8", "replace")
@@ -402,11 +427,7 @@ async def list_models(state: ServerState, request: Request) -> Response:
 
 async def _unregister(state: ServerState, model: ModelVersion) -> None:
     """Drain and stop a version the registry no longer reaches, within unregister_model_timeout."""
-    entry = state.registry.models.get(model.name)
-    if entry is not None and entry.versions.get(model.version) is model:
-        del entry.versions[model.version]
-        if not entry.versions:
-            del state.registry.models[model.name]
+    state.registry.discard(model)
     timeout = state.config.unregister_model_timeout
     with trio.move_on_after(timeout) as scope:
         await model.drain()
@@ -414,7 +435,9 @@ async def _unregister(state: ServerState, model: ModelVersion) -> None:
     await model.stopped.wait()
     remove_extraction(model.archive)
     if model.downloaded:
-        store.remove_download(Path(state.config.model_store or ".") / os.path.basename(model.url))
+        # The archive's source is where the download landed (the URL's path basename; the URL
+        # itself may carry a query string).
+        store.remove_download(model.archive.source)
     if scope.cancelled_caught:
         raise RequestTimeout(f"Timed out while cleaning resources: {model.name}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,5 +15,5 @@ class ServerState:
     config: Config
     registry: Registry
     extract_root: Path
-    hostname: str = field(default_factory=socket.gethostname)
+    hostname: str = field(default_factory=platform.node)
     startup_models: list[str] = field(default_factory=list)

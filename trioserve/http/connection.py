@@ -7,6 +7,7 @@ the request head, the body, the idle gap between keep-alive requests and each se
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from http import HTTPStatus
 import h11
 import trio
 
-from trioserve.errors import BadRequest, ServeError
+from trioserve.errors import BadRequest, InternalServerError, ServeError
 from trioserve.http.request import Request
 from trioserve.http.response import (
     COMMON_HEADERS,
@@ -43,6 +44,17 @@ WRITE_TIMEOUT_S = 120.0
 # After our EOF, wait this long for the peer's before closing anyway.
 CLOSE_DRAIN_S = 2.0
 
+# Framing belongs to this layer: a handler's own values for these would contradict ours.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+# A reason phrase is written raw into the status line; anything but these is refused (RFC 9112
+# §4: HTAB, SP, VCHAR, obs-text), so a handler cannot inject a header.
+_REASON_OK = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Statuses whose responses carry no body (RFC 9110 §6.4.1); HEAD responses carry none either.
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+# h11 writes no reason phrase unless given one; the contract's answer is "100 Continue".
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
 
@@ -51,14 +63,39 @@ class Limits:
     max_request_size: int
 
 
+class Drain:
+    """Tells every connection of a server that it is shutting down: idle keep-alive connections
+    close at once, busy ones finish the request in hand, answer it with ``connection: close``
+    and then close."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._idle: set[trio.CancelScope] = set()
+
+    def begin(self) -> None:
+        self.draining = True
+        for scope in self._idle:
+            scope.cancel()
+
+
 class _ClientGone(Exception):
     """The peer closed or reset the connection, or missed a deadline; stop serving it."""
 
 
+class _BodyTooLarge(Exception):
+    """The body grew past ``max_request_size``; answer 413 and close."""
+
+
 class HTTPConnection:
     def __init__(
-        self, stream: trio.abc.Stream, handler: Handler, limits: Limits, remote: str
+        self,
+        stream: trio.abc.Stream,
+        handler: Handler,
+        limits: Limits,
+        remote: str,
+        drain: Drain | None = None,
     ) -> None:
+        self.drain = drain if drain is not None else Drain()
         self.stream = stream
         self.handler = handler
         self.limits = limits
@@ -86,19 +123,26 @@ class HTTPConnection:
             self.conn.send_failed()
             raise _ClientGone()
 
-    async def _next_event(self, seconds: float) -> h11.Event | type[h11.PAUSED]:
-        with trio.move_on_after(seconds) as scope:
+    async def _next_event(self, deadline: float) -> h11.Event | type[h11.PAUSED]:
+        """The next h11 event, reading as needed until ``deadline`` (trio time)."""
+        with trio.move_on_at(deadline):
             while True:
                 event = self.conn.next_event()
                 if event is not h11.NEED_DATA:
                     return event  # type: ignore[return-value]
                 if self.conn.they_are_waiting_for_100_continue:
-                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                    await self._send(_CONTINUE)
                 await self._read_more()
-        assert scope.cancelled_caught
         raise _ClientGone()
 
     async def serve(self) -> None:
+        """Serve requests until the peer leaves, a response closes the connection or a deadline
+        passes.
+
+        Error handling: a ``ServeError`` from the handler becomes its error response; anything
+        else raised while serving is a bug: it is logged and this connection closed, never
+        propagated (it would take every other connection down with the listener's nursery).
+        """
         try:
             while True:
                 if not await self._serve_one():
@@ -106,37 +150,49 @@ class HTTPConnection:
                 self.conn.start_next_cycle()
         except _ClientGone:
             pass
+        except Exception:
+            logger.exception("bug while serving a connection from %s; closing it", self.remote)
         finally:
             await self._close()
 
     async def _close(self) -> None:
-        if self.conn.our_state is h11.MUST_CLOSE or self.conn.our_state is h11.DONE:
-            with trio.move_on_after(CLOSE_DRAIN_S):
-                try:
-                    if isinstance(self.stream, trio.SocketStream):
-                        await self.stream.send_eof()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
-        await trio.aclose_forcefully(self.stream)
+        """Send EOF after a final response, then read (and drop) what the peer still sends for a
+        bounded time: closing with unread data makes the kernel send a reset, which can destroy
+        the response (a 413 sent before the body arrived) before the client reads it."""
+        try:
+            done = self.conn.our_state is h11.MUST_CLOSE or self.conn.our_state is h11.DONE
+            if done and isinstance(self.stream, trio.abc.HalfCloseableStream):
+                with trio.move_on_after(CLOSE_DRAIN_S):
+                    await self.stream.send_eof()
+                    while await self.stream.receive_some(READ_CHUNK):
+                        pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
 
     async def _serve_one(self) -> bool:
         """Serve one request; return whether the connection may take another."""
         request_id = str(uuid.uuid4())
         try:
-            first = self.conn.next_event()
-            if first is h11.NEED_DATA:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                if self.drain.draining:
+                    return False
                 with trio.move_on_after(IDLE_TIMEOUT_S) as idle:
-                    await self._read_more()
+                    self.drain._idle.add(idle)
+                    try:
+                        await self._read_more()
+                    finally:
+                        self.drain._idle.discard(idle)
                 if idle.cancelled_caught:
                     return False
-            event = await self._next_event(HEAD_TIMEOUT_S) if first is h11.NEED_DATA else first
+                event = await self._next_event(trio.current_time() + HEAD_TIMEOUT_S)
         except h11.RemoteProtocolError:
             await self._send_simple(error_response(BadRequest("Invalid HTTP message.")), request_id)
             return False
-        if isinstance(event, h11.ConnectionClosed):
-            return False
         if not isinstance(event, h11.Request):
-            return False
+            return False  # ConnectionClosed: the peer is gone
         start = time.perf_counter()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
         request = Request(
@@ -152,6 +208,7 @@ class HTTPConnection:
             and declared.isdigit()
             and int(declared) > self.limits.max_request_size
         ):
+            # Refused from the head alone, before any of the body (or a 100 Continue) is sent.
             await self._send_simple(Response(413), request_id)
             self._log(request, 413, start)
             return False
@@ -165,17 +222,20 @@ class HTTPConnection:
             self._log(request, 413, start)
             return False
         response = await self._dispatch(request)
-        status = await self._respond(response, request_id)
+        status = await self._respond(response, request_id, head_only=request.method == "HEAD")
         self._log(request, status, start)
         return (
             self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and status < 400
         )
 
     async def _read_body(self) -> bytes:
+        """The whole body, within one deadline (a per-read deadline lets a client trickle a
+        byte at a time forever)."""
         body = bytearray()
         limit = self.limits.max_request_size
+        deadline = trio.current_time() + BODY_TIMEOUT_S
         while True:
-            event = await self._next_event(BODY_TIMEOUT_S)
+            event = await self._next_event(deadline)
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > limit:
@@ -192,49 +252,84 @@ class HTTPConnection:
             return error_response(exc)
         except Exception:
             logger.exception("unhandled error serving %s %s", request.method, request.target)
-            from trioserve.errors import InternalServerError
-
-            return error_response(InternalServerError("Internal server error."))
+            return _internal_error()
 
     def _head(
         self, response: Response | StreamingResponse, request_id: str, length: int | None
     ) -> h11.Response:
+        """The response head. Raises h11.LocalProtocolError or ValueError when the handler's
+        status, headers or reason cannot go on the wire."""
         headers: list[tuple[str, str]] = [("x-request-id", request_id), *COMMON_HEADERS]
-        headers.extend(response.headers)
+        headers.extend(kv for kv in response.headers if kv[0].lower() not in _FRAMING_HEADERS)
         if response.content_type:
             headers.append(("content-type", response.content_type))
-        if length is not None:
+        if length is not None and response.status != 204:
             headers.append(("content-length", str(length)))
-        keep = response.status < 400
+        keep = response.status < 400 and not self.drain.draining
         headers.append(("connection", "keep-alive" if keep else "close"))
-        try:
-            reason = response.reason if response.reason else HTTPStatus(response.status).phrase
-        except ValueError:
-            reason = ""
+        reason = response.reason
+        if not reason or not _REASON_OK.fullmatch(reason):
+            try:
+                reason = HTTPStatus(response.status).phrase
+            except ValueError:
+                reason = ""
         return h11.Response(
             status_code=response.status,
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            reason=reason.encode("latin-1", "replace"),
+            reason=reason.encode("latin-1"),
         )
 
-    async def _send_simple(self, response: Response, request_id: str) -> None:
+    def _checked_head(
+        self, response: Response | StreamingResponse, request_id: str, length: int | None
+    ) -> h11.Response | None:
+        try:
+            return self._head(response, request_id, length)
+        except (h11.LocalProtocolError, ValueError):
+            logger.exception("a response (status %s) is not valid HTTP", response.status)
+            return None
+
+    async def _send_simple(
+        self, response: Response, request_id: str, *, head_only: bool = False
+    ) -> int:
+        """Send a whole response; return the status actually sent."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        await self._send(self._head(response, request_id, len(response.body)))
-        if response.body:
+            return response.status
+        head = self._checked_head(response, request_id, len(response.body))
+        if head is None:
+            response = _internal_error()
+            head = self._head(response, request_id, len(response.body))
+        await self._send(head)
+        if response.body and not head_only and response.status not in _NO_BODY_STATUSES:
             await self._send(h11.Data(data=response.body))
         await self._send(h11.EndOfMessage())
-
-    async def _respond(self, response: Response | StreamingResponse, request_id: str) -> int:
-        if isinstance(response, Response):
-            await self._send_simple(response, request_id)
-            return response.status
-        await self._send(self._head(response, request_id, None))
-        async for chunk in response.chunks:
-            if chunk:
-                await self._send(h11.Data(data=chunk))
-        await self._send(h11.EndOfMessage())
         return response.status
+
+    async def _respond(
+        self, response: Response | StreamingResponse, request_id: str, *, head_only: bool
+    ) -> int:
+        if isinstance(response, Response):
+            return await self._send_simple(response, request_id, head_only=head_only)
+        try:
+            head = self._checked_head(response, request_id, None)
+            if head is None:
+                return await self._send_simple(_internal_error(), request_id)
+            await self._send(head)
+            no_body = head_only or response.status in _NO_BODY_STATUSES
+            try:
+                async for chunk in response.chunks:
+                    if chunk and not no_body:
+                        await self._send(h11.Data(data=chunk))
+            except _ClientGone:
+                raise
+            except Exception as exc:
+                # The head is out: ending the connection without the last chunk is the only way
+                # left to tell the client the body is incomplete.
+                logger.exception("streamed response failed after its head was sent")
+                raise _ClientGone() from exc
+            await self._send(h11.EndOfMessage())
+            return response.status
+        finally:
+            await _aclose_chunks(response)
 
     def _log(self, request: Request, status: int, start: float) -> None:
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -249,11 +344,28 @@ class HTTPConnection:
         )
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _internal_error() -> Response:
+    return error_response(InternalServerError("Internal server error."))
+
+
+async def _aclose_chunks(response: StreamingResponse) -> None:
+    """Finalize a streaming body we stopped reading, so its cleanup (dropping the job) runs now,
+    not whenever the garbage collector gets to it."""
+    aclose = getattr(response.chunks, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_DRAIN_S):
+            await aclose()
 
 
 async def serve_connection(
-    stream: trio.abc.Stream, handler: Handler, limits: Limits, remote: str = ""
+    stream: trio.abc.Stream,
+    handler: Handler,
+    limits: Limits,
+    remote: str = "",
+    drain: Drain | None = None,
 ) -> None:
-    await HTTPConnection(stream, handler, limits, remote).serve()
+    """Serve HTTP/1.1 on ``stream`` until it ends; the stream is always closed on return.
+
+    Resource handling: the caller's task owns the stream; this function closes it in every case.
+    """
+    await HTTPConnection(stream, handler, limits, remote, drain).serve()

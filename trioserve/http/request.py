@@ -13,6 +13,8 @@ from trioserve.errors import BadRequest
 MAX_FORM_PARTS = 1024
 # Part headers are small in practice; this bounds the parser's buffering of a hostile header.
 MAX_PART_HEADER_BYTES = 8192
+# RFC 7578 defines three part headers; a few more leave room for clients that add their own.
+MAX_PART_HEADERS = 16
 
 
 @dataclass(frozen=True)
@@ -74,42 +76,52 @@ def body_inputs(request: Request) -> list[Input]:
             text = request.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadRequest("Invalid form body: not UTF-8.") from exc
-        fields = urllib.parse.parse_qsl(text, keep_blank_values=True)
-        if len(fields) > MAX_FORM_PARTS:
-            raise BadRequest(f"Too many form fields (limit {MAX_FORM_PARTS}).")
+        try:
+            # max_num_fields counts separators before splitting, so a hostile body is refused
+            # without building a list of millions of fields first.
+            fields = urllib.parse.parse_qsl(
+                text, keep_blank_values=True, max_num_fields=MAX_FORM_PARTS
+            )
+        except ValueError as exc:
+            raise BadRequest(f"Too many form fields (limit {MAX_FORM_PARTS}).") from exc
         return [Input(k, v.encode("utf-8")) for k, v in fields]
     return [Input("body", request.body, mime)]
 
 
 def _multipart_inputs(request: Request) -> list[Input]:
+    """One input per part, in order. File parts (those with a filename) carry their part's
+    content type without parameters; plain fields carry none (contract §1.2).
+
+    Raises:
+        BadRequest: no boundary, a malformed body, or more than ``MAX_FORM_PARTS`` parts.
+    """
     _, options = multipart.parse_options_header(request.header("content-type") or "")
     boundary = options.get("boundary")
     if not boundary:
         raise BadRequest("Invalid multipart body: no boundary in Content-Type.")
-    parser = multipart.PushMultipartParser(
-        boundary,
-        max_header_size=MAX_PART_HEADER_BYTES,
-        max_header_count=16,
-        max_segment_count=MAX_FORM_PARTS,
-    )
     inputs: list[Input] = []
     name, content_type, chunks = "", "", bytearray()
     try:
+        # Inside the try: the constructor itself refuses some boundaries.
+        parser = multipart.PushMultipartParser(
+            boundary,
+            max_header_size=MAX_PART_HEADER_BYTES,
+            max_header_count=MAX_PART_HEADERS,
+            max_segment_count=MAX_FORM_PARTS,
+        )
         for event in parser.parse(request.body):
             if isinstance(event, multipart.MultipartSegment):
-                name = event.name
-                content_type = event.content_type or "" if event.filename is not None else ""
-                if event.filename is not None and not event.content_type:
-                    content_type = ""
+                name = event.name or ""
+                is_file = event.filename is not None
+                content_type = (event.content_type or "") if is_file else ""
                 chunks = bytearray()
             elif event is None:
-                inputs.append(Input(name, bytes(chunks), content_type.split(";")[0].strip()))
+                inputs.append(Input(name, bytes(chunks), content_type))
             else:
                 chunks += event
-        if not parser.closed:
-            list(parser.parse(b""))
+        # An empty chunk closes the parser and raises if the closing boundary never came.
+        # Bytes after the closing boundary are the epilogue (RFC 2046 §5.1.1) and are ignored.
+        list(parser.parse(b""))
     except multipart.MultipartError as exc:
         raise BadRequest(f"Invalid multipart body: {exc}") from exc
-    if not parser.closed:
-        raise BadRequest("Invalid multipart body: unexpected end of data.")
     return inputs

@@ -4,9 +4,16 @@ It waits until a worker asks for work, takes the first job (waiting as long as n
 taking jobs until ``batch_size`` is reached or ``max_batch_delay`` has passed since the first one.
 The batch is handed over on an unbuffered channel, so it only ever goes to a worker that is
 alive and waiting; a worker that dies after asking simply never receives it.
+
+Jobs taken from the queue but not batched yet (one that ended a batch by changing command, or a
+batch a worker handed back because its process died before the batch reached it) wait in a
+carried list that is served before the queue, so they keep their place in line.
 """
 
 from __future__ import annotations
+
+import collections
+import math
 
 import trio
 
@@ -33,41 +40,63 @@ class Batcher:
         self.wants_work = wants_work
         self.batch_size = batch_size
         self.max_batch_delay = max_batch_delay_ms / 1000
-        self._carry: Job | None = None
-        self.held: list[Job] = []  # a formed batch waiting for a worker
+        self._carried: collections.deque[Job] = collections.deque()
+        self._wake = trio.CancelScope()  # around the current wait for the queue
+        self.held: list[Job] = []  # the batch being gathered, or formed and waiting for a worker
 
     def pending(self) -> list[Job]:
-        """Jobs taken from the queue but not yet handed to a worker."""
-        carry = [self._carry] if self._carry is not None else []
-        return [*self.held, *carry]
+        """Jobs taken from the queue, not yet handed to a worker and still unanswered."""
+        return [j for j in (*self.held, *self._carried) if not j.done]
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put jobs that never reached a worker process back at the head of the line, in order.
+
+        Called by a worker supervisor whose process died before it could receive its batch.
+        """
+        self._carried.extendleft(reversed([j for j in jobs if not j.settled]))
+        self._wake.cancel()
+
+    def _take_nowait(self) -> Job | None:
+        if self._carried:
+            return self._carried.popleft()
+        try:
+            return self.jobs.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    async def _take(self, deadline: float) -> Job | None:
+        """The next job, or None when ``deadline`` passes or ``requeue`` interrupts the wait
+        (the caller looks again)."""
+        job = self._take_nowait()
+        if job is not None:
+            return job
+        with trio.move_on_at(deadline) as self._wake:
+            return await self.jobs.receive()
+        return None
 
     async def _first_job(self) -> Job:
         while True:
-            if self._carry is not None:
-                job, self._carry = self._carry, None
-            else:
-                job = await self.jobs.receive()
-            if not job.cancelled:
+            job = await self._take(math.inf)
+            if job is not None and not job.settled:
                 return job
 
     async def next_batch(self) -> list[Job]:
+        """Gather one batch. The batch under construction lives in ``held`` from its first job
+        on, so a cancellation mid-gather leaves every job reachable through ``pending()``."""
         first = await self._first_job()
-        batch = [first]
+        self.held = batch = [first]
         deadline = trio.current_time() + self.max_batch_delay
         while not batch_complete(len(batch), self.batch_size, first.command):
-            job: Job | None = None
-            try:
-                job = self.jobs.receive_nowait()
-            except trio.WouldBlock:
-                with trio.move_on_at(deadline):
-                    job = await self.jobs.receive()
+            job = await self._take(deadline)
             if job is None:
-                break
-            if job.cancelled:
+                if trio.current_time() >= deadline:
+                    break
+                continue
+            if job.settled:
                 continue
             if job.command != first.command:
                 # Describe and explain jobs never share a batch with predictions.
-                self._carry = job
+                self._carried.appendleft(job)
                 break
             batch.append(job)
         return batch
@@ -76,11 +105,15 @@ class Batcher:
         async with self.batches:
             while True:
                 await self.wants_work.receive()
-                self.held = await self.next_batch()
-                try:
-                    await self.batches.send(self.held)
-                finally:
-                    # Cancelled while holding a batch (model stopping): its jobs go back to
-                    # the caller through ``held``, which the model version fails or drains.
-                    pass
+                # If cancelled (the model version is stopping) while gathering or while
+                # waiting for a worker to take the batch, its jobs stay in ``held``; the model
+                # version fails them through ``pending()``.
+                while True:
+                    batch = await self.next_batch()
+                    # Jobs answered while gathered (the last worker went away) or abandoned
+                    # by their clients are dropped; an emptied batch is gathered again.
+                    batch[:] = [j for j in batch if not j.settled]
+                    if batch:
+                        break
+                await self.batches.send(batch)
                 self.held = []

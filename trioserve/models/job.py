@@ -32,6 +32,12 @@ class Job:
         # and the connection task reads them as they come.
         self._send, self._recv = trio.open_memory_channel(math.inf)
 
+    @property
+    def settled(self) -> bool:
+        """Answered already (say, failed while it waited) or abandoned by its client: nobody
+        needs it run any more."""
+        return self.done or self.cancelled
+
     def to_wire(self) -> pb.Request:
         return pb.Request(
             request_id=self.request_id,

@@ -153,6 +153,13 @@ class ModelVersion:
         except trio.WouldBlock:
             raise ServiceUnavailable(no_worker_message(self.name, url_version)) from None
 
+    def requeue(self, jobs: list[Job]) -> None:
+        """Give back jobs a worker took but never delivered to its process (it died first):
+        they go to the head of the line for the next worker."""
+        self.batcher.requeue(jobs)
+        if not self.live_workers():
+            self._fail_leftovers(ServiceUnavailable(no_worker_message(self.name, None)))
+
     def observe_queue_wait(self, seconds: float) -> None:
         self.last_queue_wait_s = seconds
 

@@ -37,6 +37,10 @@ class Registry:
         self._nursery = nursery
         self.models: dict[str, ModelEntry] = {}
         self._ids = itertools.count(initial_worker_port)
+        # (name, version) pairs whose add() is starting their nursery: taken, though not yet
+        # reachable, so a concurrent register of the same pair is refused instead of
+        # overwriting (and leaking) this one.
+        self._adding: set[tuple[str, str]] = set()
 
     def next_worker_id(self) -> int:
         # Worker ids are never reused, so logs and metrics keep naming one worker.
@@ -54,13 +58,19 @@ class Registry:
 
     def check_free(self, name: str, version: str) -> None:
         entry = self.models.get(name)
-        if entry is not None and version in entry.versions:
+        taken = entry is not None and version in entry.versions
+        if taken or (name, version) in self._adding:
             raise Conflict(f"Model version {version} is already registered for model {name}")
 
     async def add(self, model: ModelVersion) -> None:
         """Start the version's nursery and make it reachable; the first version becomes default."""
         self.check_free(model.name, model.version)
-        await self._nursery.start(model.run)
+        key = (model.name, model.version)
+        self._adding.add(key)
+        try:
+            await self._nursery.start(model.run)
+        finally:
+            self._adding.discard(key)
         entry = self.models.setdefault(model.name, ModelEntry(model.name))
         entry.versions[model.version] = model
         if not entry.default:
@@ -76,6 +86,19 @@ class Registry:
         if not entry.versions:
             del self.models[name]
         return model
+
+    def discard(self, model: ModelVersion) -> None:
+        """Make ``model`` unreachable if it still is, without :meth:`remove`'s default rule: a
+        registration that failed goes even when it is the default. The earliest registered of
+        the remaining versions becomes the default then."""
+        entry = self.models.get(model.name)
+        if entry is None or entry.versions.get(model.version) is not model:
+            return
+        del entry.versions[model.version]
+        if not entry.versions:
+            del self.models[model.name]
+        elif entry.default == model.version:
+            entry.default = next(iter(entry.versions))
 
     def set_default(self, name: str, version: str) -> None:
         entry = self.models.get(name)

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -53,6 +54,7 @@ def resolve_local(url: str, model_store: str | None) -> Path:
 
 
 def _download(url: str, target: Path) -> None:
+    """Fetch ``url`` into a temporary file beside ``target``, then move it over ``target``."""
     tmp_fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".download-")
     try:
         with (
@@ -66,6 +68,12 @@ def _download(url: str, target: Path) -> None:
                     raise OSError(f"download larger than {MAX_DOWNLOAD_BYTES} bytes")
                 out.write(chunk)
         os.replace(tmp_name, target)
+    except urllib.error.HTTPError as exc:
+        # An HTTP error carries the open response; close it rather than leak its socket.
+        exc.close()
+        with _suppress():
+            os.unlink(tmp_name)
+        raise
     except BaseException:
         with _suppress():
             os.unlink(tmp_name)
@@ -83,7 +91,8 @@ class _suppress:
 async def fetch(url: str, model_store: str | None, allowed: tuple[str, ...]) -> tuple[Path, bool]:
     """Resolve ``url`` to a local path; returns (path, downloaded).
 
-    Remote archives land in the model store under the URL's basename.
+    Remote (http, https and file) archives land in the model store under the basename of the
+    URL's path.
     """
     if not url:
         raise ModelNotFound("empty url")
@@ -91,24 +100,30 @@ async def fetch(url: str, model_store: str | None, allowed: tuple[str, ...]) -> 
         return resolve_local(url, model_store), False
     check_allowed(url, allowed)
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        path = Path(urllib.parse.unquote(parsed.path))
-        if ".." in path.parts:
-            raise ModelNotFound(f"Relative path is not allowed in url: {url}")
-        if not await trio.Path(path).exists():
-            raise ModelNotFound(f"Model not found at: {url}")
-        return path, False
+    if ".." in urllib.parse.unquote(parsed.path).split("/"):
+        raise ModelNotFound(f"Relative path is not allowed in url: {url}")
     if model_store is None:
         raise ModelNotFound("Model store has not been configured.")
-    name = os.path.basename(parsed.path)
-    if not name or name in (".", ".."):
+    # file:// URLs are copied into the store like downloads (contract §2.2), so re-registering
+    # one is "already exists" and unregister deletes the copy, never the original.
+    name = os.path.basename(urllib.parse.unquote(parsed.path))
+    if not name or name in (".", "..") or "\x00" in name:
         raise DownloadArchiveError(f"Failed to download archive from: {url}")
     target = Path(model_store) / name
-    if target.exists():
-        raise InternalServerError(f"Model file already exists {name}")
+    try:
+        # Claim the name before downloading, atomically: two registers of one URL must not
+        # both download it and then share (and delete) one file.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise InternalServerError(f"Model file already exists {name}") from None
+    except OSError as exc:
+        raise DownloadArchiveError(f"Failed to download archive from: {url}") from exc
     try:
         await trio.to_thread.run_sync(_download, url, target)
-    except Exception as exc:
+    except BaseException as exc:
+        remove_download(target)
+        if not isinstance(exc, Exception):
+            raise
         logger.warning("download of %s failed: %s", url, exc)
         raise DownloadArchiveError(f"Failed to download archive from: {url}") from exc
     return target, True

@@ -1,8 +1,12 @@
 """One worker's supervisor: spawns the backend process, loads the model, runs batches.
 
 Lifecycle (one table, below): STARTING -> READY <-> BUSY; any failure -> RESTARTING (back-off)
--> STARTING; retirement -> STOPPED. A batch in flight when the process dies, or when it runs past
-``response_timeout``, fails with "Worker died."; the process is killed and started again.
+-> STARTING; a failed load, or failing for longer than ``maxRetryTimeoutInSec``, -> FAILED;
+retirement -> STOPPED. A batch in flight when the process dies, or when it runs past
+``response_timeout``, fails with "Worker died." (507 after a SIGKILL, as for TorchServe's exit
+code 137); the process is killed and started again. A batch the process never received (it was
+already dead, or we were cancelled before the frame was written) goes back to the batcher for
+the next worker instead.
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ TERMINATE_GRACE_S = 5.0
 # Lines of a worker's stderr kept to explain its death.
 STDERR_TAIL_LINES = 10
 READ_CHUNK = 1 << 20
+# A worker's output line longer than this is logged in pieces, so one endless line cannot grow
+# the frontend's buffer without bound.
+MAX_LOG_LINE_BYTES = 64 * 1024
+# After a worker dies, how long to wait for it to be reaped and for its last output to drain
+# from the pipes (its dying words explain the death); a grandchild holding a pipe open cannot
+# hold the restart up for longer than this.
+DEATH_DRAIN_S = 1.0
+# Exit code TorchServe sees for a SIGKILLed worker (128 + 9), which is also what the kernel's
+# OOM killer sends; the contract answers those deaths with 507.
+KILLED_EXIT_CODE = 137
+RESPONSE_TIMEOUT = "response timeout"
 
 
 class WorkerState(enum.Enum):
@@ -55,7 +70,9 @@ _TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     ),
     WorkerState.READY: frozenset({WorkerState.BUSY, WorkerState.RESTARTING, WorkerState.STOPPED}),
     WorkerState.BUSY: frozenset({WorkerState.READY, WorkerState.RESTARTING, WorkerState.STOPPED}),
-    WorkerState.RESTARTING: frozenset({WorkerState.STARTING, WorkerState.STOPPED}),
+    WorkerState.RESTARTING: frozenset(
+        {WorkerState.STARTING, WorkerState.STOPPED, WorkerState.FAILED}
+    ),
     WorkerState.STOPPED: frozenset(),
     WorkerState.FAILED: frozenset({WorkerState.STOPPED}),
 }
@@ -117,8 +134,11 @@ class WorkerSupervisor:
         self._decoder: FrameDecoder[pb.FromWorker] = FrameDecoder(pb.FromWorker)
         self._stream: trio.SocketStream | None = None
         self._failures = 0
+        self._failing_since: float | None = None  # trio time of the first failure in a row
         self._exited = False
         self._idle_scope = trio.CancelScope()
+        self._process: trio.Process | None = None
+        self._pipes_closed: list[trio.Event] = []
 
     @property
     def name(self) -> str:
@@ -166,9 +186,27 @@ class WorkerSupervisor:
                 return
             except (_ProcessGone, OSError, FrameError) as exc:
                 logger.warning("%s: worker process ended: %s", self.name, exc)
+                if not self.loaded.is_set():
+                    # The first load never answered (the process died or hung while loading):
+                    # a synchronous register or scale waiting on it gets its answer now; the
+                    # worker carries on restarting with back-off.
+                    self.load_error = str(exc)
+                    self.loaded.set()
             if self.retiring:
                 return
             self._set(WorkerState.RESTARTING)
+            now = trio.current_time()
+            if self._failing_since is None:
+                self._failing_since = now
+            retry_limit = self.model.settings.max_retry_timeout_sec
+            if now - self._failing_since > retry_limit:
+                logger.error(
+                    "%s: failing for over %d s (maxRetryTimeoutInSec); not restarting it",
+                    self.name,
+                    retry_limit,
+                )
+                self._set(WorkerState.FAILED)
+                return
             delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
             self._failures += 1
             logger.info("%s: restarting in %d s", self.name, delay)
@@ -187,6 +225,9 @@ class WorkerSupervisor:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env["TS_DECODE_INPUT_REQUEST"] = str(self.model.decode_input_request).lower()
+        # A piped stdout is block-buffered: without this, what a handler prints would reach the
+        # log only when a buffer fills or the process exits.
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
     async def _incarnation(self) -> None:
@@ -198,10 +239,17 @@ class WorkerSupervisor:
                 child.close()
                 self.pid = process.pid
                 self.start_time = time.time()
+                self._process = process
+                self.stderr_tail.clear()  # a death is explained by its own process's output
                 assert process.stdout is not None
                 assert process.stderr is not None
-                nursery.start_soon(self._pump, process.stdout, logging.INFO, False)
-                nursery.start_soon(self._pump, process.stderr, logging.WARNING, True)
+                self._pipes_closed = [trio.Event(), trio.Event()]
+                nursery.start_soon(
+                    self._pump, process.stdout, logging.INFO, False, self._pipes_closed[0]
+                )
+                nursery.start_soon(
+                    self._pump, process.stderr, logging.WARNING, True, self._pipes_closed[1]
+                )
                 nursery.start_soon(self._watch_exit, process)
                 self._exited = False
                 self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
@@ -211,14 +259,19 @@ class WorkerSupervisor:
                 try:
                     await self._load()
                     self._failures = 0
+                    self._failing_since = None
                     self._set(WorkerState.READY)
                     self.loaded.set()
                     await self._serve_batches()
                 except _ProcessGone as exc:
-                    if not exc.args or exc.args[0] != "response timeout":
-                        with trio.move_on_after(1):
-                            await process.wait()
-                    failure = _ProcessGone(self._death_message(process.returncode))
+                    # Whatever the state was, this incarnation is over: describe and the
+                    # statistics must not show a dead process as READY or BUSY meanwhile.
+                    self._set(WorkerState.RESTARTING)
+                    if exc.args and exc.args[0] == RESPONSE_TIMEOUT:
+                        failure = _ProcessGone("killed after exceeding response_timeout")
+                    else:
+                        await self._wait_dead()
+                        failure = _ProcessGone(self._death_message(process.returncode))
                 except (_LoadFailed, OSError, FrameError) as exc:
                     failure = exc
                 finally:
@@ -244,22 +297,51 @@ class WorkerSupervisor:
             task_status=task_status,
         )
 
+    async def _wait_dead(self) -> None:
+        """Wait (bounded) until the process is reaped and its output pipes reach EOF."""
+        with trio.move_on_after(DEATH_DRAIN_S):
+            if self._process is not None:
+                await self._process.wait()
+            for closed in self._pipes_closed:
+                await closed.wait()
+
     def _death_message(self, returncode: int | None) -> str:
         tail = " | ".join(self.stderr_tail)
         message = f"Worker died ({_describe_exit(returncode)})."
         return f"{message} Last stderr: {tail}" if tail else message
 
-    async def _pump(self, stream: trio.abc.ReceiveStream, level: int, is_stderr: bool) -> None:
+    async def _pump(
+        self, stream: trio.abc.ReceiveStream, level: int, is_stderr: bool, closed: trio.Event
+    ) -> None:
         worker_log = logging.getLogger(f"trioserve.worker.{self.model.name}")
-        buffer = b""
-        async for data in stream:
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                if is_stderr:
-                    self.stderr_tail.append(line)
-                worker_log.log(level, "[%s] %s", self.name, line)
+
+        def emit(raw: bytes) -> None:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if is_stderr:
+                self.stderr_tail.append(line)
+            worker_log.log(level, "[%s] %s", self.name, line)
+
+        buffer = bytearray()
+        try:
+            async for data in stream:
+                # Only the new bytes are searched for line ends: no rescanning a long line.
+                start = 0
+                end = data.find(b"\n")
+                while end >= 0:
+                    emit(bytes(buffer) + data[start:end])
+                    buffer.clear()
+                    start = end + 1
+                    end = data.find(b"\n", start)
+                buffer += data[start:]
+                while len(buffer) >= MAX_LOG_LINE_BYTES:
+                    emit(bytes(buffer[:MAX_LOG_LINE_BYTES]))
+                    del buffer[:MAX_LOG_LINE_BYTES]
+            if buffer:
+                emit(bytes(buffer))  # a last line without its newline
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            closed.set()
 
     async def _send(self, message: pb.ToWorker) -> None:
         assert self._stream is not None
@@ -315,14 +397,13 @@ class WorkerSupervisor:
             if batch is None:
                 raise _ProcessGone("process exited while idle")
             self._set(WorkerState.BUSY)
-            try:
-                await self._run_batch(batch)
-            finally:
-                if self.state is WorkerState.BUSY:
-                    self._set(WorkerState.READY)
+            # Only a batch that ends normally makes the worker READY again; a failure leaves
+            # it to the incarnation to mark RESTARTING.
+            await self._run_batch(batch)
+            self._set(WorkerState.READY)
 
     async def _run_batch(self, jobs: list[Job]) -> None:
-        live = [j for j in jobs if not j.cancelled]
+        live = [j for j in jobs if not j.settled]
         if not live:
             return
         self._batch_seq += 1
@@ -334,9 +415,15 @@ class WorkerSupervisor:
         now = trio.current_time()
         for job in live:
             self.model.observe_queue_wait(now - job.enqueued_at)
+        # Until the whole frame is written the process cannot have started on the batch: if it
+        # turns out dead by then (or we are cancelled), another worker can serve these jobs.
+        delivered = False
         try:
             with trio.fail_after(self.model.settings.response_timeout):
+                if self._process_exited():
+                    raise _ProcessGone("process exited before the batch was sent")
                 await self._send(pb.ToWorker(batch=batch))
+                delivered = True
                 while True:
                     reply = await self._receive()
                     if reply.WhichOneof("kind") != "result":
@@ -349,11 +436,26 @@ class WorkerSupervisor:
                 self.name,
                 self.model.settings.response_timeout,
             )
-            self._fail_all(live, WorkerDied())
-            raise _ProcessGone("response timeout") from None
-        except _ProcessGone as exc:
-            self._fail_all(live, WorkerDied())
-            raise exc
+            raise _ProcessGone(RESPONSE_TIMEOUT) from None
+        except _ProcessGone:
+            if delivered:
+                # The process died holding the batch. SIGKILL (the OOM killer's signal) is
+                # answered with 507, as TorchServe does for exit code 137; the wait is bounded.
+                await self._wait_dead()
+                returncode = self._process.returncode if self._process is not None else None
+                killed = returncode in (-signal.SIGKILL, KILLED_EXIT_CODE)
+                self._fail_all(live, WorkerDied(code=507 if killed else 500))
+            raise
+        finally:
+            if delivered:
+                # Timed out, or cancelled mid-batch (the model version or the server is
+                # stopping): the process is killed, so nobody else will answer these jobs.
+                self._fail_all(live, WorkerDied())
+            else:
+                self.model.requeue(live)
+
+    def _process_exited(self) -> bool:
+        return self._exited or (self._process is not None and self._process.poll() is not None)
 
     def _fail_all(self, jobs: list[Job], error: ServeError) -> None:
         for job in jobs:
