@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import trio
@@ -132,7 +133,7 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
             "trioserve is already running, please use trioserve stop to stop it.", file=sys.stderr
         )
         return 1
-    _config(args)  # fail here, in the caller's terminal, on a bad configuration
+    config = _config(args)  # fail here, in the caller's terminal, on a bad configuration
     log_dir = Path(os.environ.get("LOG_LOCATION", "logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "trioserve.log"
@@ -158,15 +159,32 @@ def _start(args: argparse.Namespace, argv: list[str]) -> int:
             return 1
         with open(log_path, "rb") as log:
             log.seek(offset)
-            if b"Model server started." in log.read():
-                print(f"trioserve started (pid {process.pid}); logs in {log_path}")
-                return 0
+            listening = b"Model server started." in log.read()
+        if listening and _healthy(config):
+            print(f"trioserve started (pid {process.pid}); logs in {log_path}")
+            return 0
         time.sleep(0.1)
     print(
         f"trioserve did not become ready in {START_TIMEOUT_S:.0f} s; see {log_path}",
         file=sys.stderr,
     )
     return 1
+
+
+def _healthy(config: Config) -> bool:
+    """Whether ``/ping`` answers Healthy (plain HTTP over TCP; other schemes count as up once
+    the server says it is listening)."""
+    address = config.inference_address
+    if address.scheme != "http":
+        return True
+    host = address.host if address.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{address.port}/ping", timeout=5) as reply:
+            return bool(reply.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def _stop() -> int:
