@@ -17,7 +17,8 @@ from pathlib import Path
 import trio
 
 from trioserve import __version__
-from trioserve.config import Config, load_config
+from trioserve.config import Config
+from trioserve.config_sources import load_config
 from trioserve.errors import ConfigError
 
 PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"

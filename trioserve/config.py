@@ -1,10 +1,10 @@
-"""Configuration: a properties or TOML file, env vars and CLI flags folded into one frozen Config.
+"""The configuration value: one frozen Config, every key typed and validated. Sans-IO: reading
+files and env vars is :mod:`trioserve.config_sources`' job.
 
-Sans-IO except for reading the one chosen config file. Every key of contract §5.2 is a field of
-:class:`Config` whose metadata names its kind (how text becomes a value, what is allowed) and
-whether a ``TS_*`` env var may set it; ``Config.__post_init__`` checks every value against its
-kind, so a Config built by hand is held to the same rules as one loaded from a file. Each value's
-origin is kept in ``Config.sources`` for ``trioserve config --effective``.
+Every key of contract §5.2 is a field of :class:`Config` whose metadata names its kind (how text
+becomes a value, what is allowed) and whether a ``TS_*`` env var may set it; ``__post_init__``
+checks every value against its kind, so a Config built by hand is held to the same rules as one
+loaded from a file. Each value's origin is kept in ``Config.sources``.
 
 Deliberate differences from TorchServe 0.12 (DESIGN §2, the docs win where explicit):
 ``metrics_mode`` defaults to ``prometheus``, token auth is off and the model API on by default; a
@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import re
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from math import inf
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-import javaproperties
-
 from trioserve.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -227,7 +220,7 @@ def _no_unknown() -> Mapping[str, str]:
 # ------------------------------------------------------------------------------------ Config
 @dataclass(frozen=True)
 class Config:
-    """Every contract §5.2 key, typed and validated. Build with :func:`load_config` or
+    """Every contract §5.2 key, typed and validated. Build with ``config_sources.load_config`` or
     :func:`default_config`; ``Config(...)`` validates too. Equality ignores where values came
     from (``sources``, ``unknown``, ``config_file``).
 
@@ -381,11 +374,6 @@ class Config:
 
 
 _KINDS: dict[str, _Kind[Any]] = {f.name: f.metadata["kind"] for f in fields(Config) if f.metadata}
-_ENV_NAMES: dict[str, str] = {
-    f.name: f"TS_{f.name.upper()}" if f.metadata["env"] is True else f.metadata["env"]
-    for f in fields(Config)
-    if f.metadata and f.metadata["env"]
-}
 _SECRETS = frozenset({"keystore_pass"})
 
 
@@ -408,8 +396,9 @@ def _invalid(key: str, value: str, expected: str, source: str | None = None) -> 
     return ConfigError(f"invalid value for {key}: {shown!r} (expected {expected}){where}")
 
 
-def _parse(key: str, text: str, source: str) -> Any:
-    # Stripped: Java keeps trailing blanks, the classic "model_store=/models " trap.
+def parse_value(key: str, text: str, source: str) -> Any:
+    """``key``'s typed value from ``text`` as read from ``source``; raises ConfigError naming all
+    three and what is allowed. Stripped: Java keeps trailing blanks ("model_store=/models ")."""
     kind = _KINDS[key]
     try:
         return kind.parse(text.strip())
@@ -417,152 +406,6 @@ def _parse(key: str, text: str, source: str) -> Any:
         raise _invalid(key, text, str(exc) or kind.expected, source) from None
 
 
-# ------------------------------------------------------------------------------- file formats
-def parse_properties(text: str) -> dict[str, str]:
-    """Java properties (``\\`` continuations, ``#``/``!`` comments, escapes) to a dict."""
-    try:
-        return dict(javaproperties.loads(text))
-    except ValueError as exc:  # a bad \\u escape
-        raise ConfigError(f"invalid properties file: {exc}") from None
-
-
-_JSON_KEYS = frozenset({"models", "model_snapshot"})
-
-
-def parse_toml(data: bytes | str) -> dict[str, str]:
-    """The same keys from TOML, each value rendered as the properties text it stands for."""
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        doc = tomllib.loads(text)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"invalid TOML: {exc}") from None
-    return {key: _toml_text(key, value) for key, value in doc.items()}
-
-
-def _toml_text(key: str, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict) or (isinstance(value, list) and key in _JSON_KEYS):
-        return json.dumps(value, default=str)
-    if isinstance(value, list):
-        return ",".join(_toml_text(key, v) for v in value)
-    return str(value)
-
-
-_ENV_REFERENCE = re.compile(r"\$\$([^$]+)\$\$")
-
-
-def _substitute(key: str, value: str, environ: Mapping[str, str]) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name = match[1]
-        if name not in environ:
-            raise ConfigError(f"Invalid Environment Variable {name} (referenced by {key})")
-        return environ[name]
-
-    return _ENV_REFERENCE.sub(replace, value)
-
-
-# ------------------------------------------------------------------------------------ loading
 def default_config() -> Config:
     """The built-in defaults, as if no file, env var or flag were given."""
     return Config()
-
-
-def _choose_file(environ: Mapping[str, str], cwd: Path, ts_config: str | None) -> Path | None:
-    # §5.1 minus snapshots: TS_CONFIG_FILE, then --ts-config, then ./config.properties.
-    if environ.get("TS_CONFIG_FILE"):
-        named, by = environ["TS_CONFIG_FILE"], "TS_CONFIG_FILE"
-    elif ts_config is not None:
-        named, by = ts_config, "--ts-config"
-    else:
-        local = cwd / "config.properties"
-        return local if local.is_file() else None
-    path = cwd / named  # an absolute name replaces cwd
-    if not path.is_file():
-        raise ConfigError(f"{by} file not found: {named}")
-    return path
-
-
-def _read_file(path: Path) -> tuple[dict[str, str], str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if path.suffix.lower() == ".toml":
-        return parse_toml(data), f"toml:{path}"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # what java.util.Properties.load(InputStream) assumes
-    return parse_properties(text), f"file:{path}"
-
-
-def load_config(
-    *,
-    environ: Mapping[str, str],
-    cwd: Path,
-    ts_config: str | None = None,
-    model_store: str | None = None,
-    models: Sequence[str] | None = None,
-    workflow_store: str | None = None,
-    enable_model_api: bool = False,
-    disable_token_auth: bool = False,
-) -> Config:
-    """Fold file, CLI flags and env vars (precedence low to high) into a Config.
-
-    ``environ`` and ``cwd`` are passed in rather than read so callers and tests control them.
-    ``enable_model_api`` and ``disable_token_auth`` can only switch their setting one way.
-
-    Raises:
-        ConfigError: a named file is missing or unreadable, a ``$$NAME$$`` has no env var, or a
-            value is invalid (the message names key, value, what is allowed and the source).
-    """
-    path = _choose_file(environ, cwd, ts_config)
-    raw: dict[str, tuple[str, str]] = {}  # key -> (text, source)
-    unknown: dict[str, str] = {}
-    if path is not None:
-        values, source = _read_file(path)
-        for key, text in values.items():
-            if key in _KINDS:
-                raw[key] = (_substitute(key, text, environ), source)
-            else:
-                log.warning("unknown config key %r in %s is ignored", key, path)
-                unknown[key] = text
-
-    flags = {
-        "model_store": (model_store, "--model-store"),
-        "workflow_store": (workflow_store, "--workflow-store"),
-        "load_models": (",".join(models) if models else None, "--models"),
-        "enable_model_api": ("true" if enable_model_api else None, "--enable-model-api"),
-        "disable_token_authorization": (
-            "true" if disable_token_auth else None,
-            "--disable-token-auth",
-        ),
-    }
-    for key, (value, flag) in flags.items():
-        if value is not None:
-            raw[key] = (value, f"cli:{flag}")
-
-    def from_file(key: str) -> bool:
-        # Only the file can set these two (§5.2 `*`), so `raw` holds the file's value if any.
-        return key in raw and bool(_parse(key, *raw[key]))
-
-    if from_file("enable_envvars_config"):
-        env_urls = from_file("use_env_allowed_urls")
-        for key, name in _ENV_NAMES.items():
-            if name in environ and (key != "allowed_urls" or env_urls):
-                raw[key] = (environ[name], f"env:{name}")
-    oip = environ.get("TS_OPEN_INFERENCE_PROTOCOL", "")
-    if oip.strip().lower() == "oip":  # honoured by TorchServe without enable_envvars_config
-        raw["ts_open_inference_protocol"] = (oip, "env:TS_OPEN_INFERENCE_PROTOCOL")
-
-    typed = {key: _parse(key, text, source) for key, (text, source) in raw.items()}
-    sources = dict.fromkeys(_KINDS, "default") | {key: src for key, (_, src) in raw.items()}
-    if "workflow_store" not in raw:
-        typed["workflow_store"] = typed.get("model_store")
-    return Config(
-        **typed,
-        sources=MappingProxyType(sources),
-        unknown=MappingProxyType(unknown),
-        config_file=None if path is None else str(path),
-    )

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import make_config, wait_until
 from tests.support.models import ECHO_HANDLER, INSPECT_HANDLER, handler_archive
-from trioserve.config import load_config
+from trioserve.config_sources import load_config
 
 
 async def _describe(server: Any, name: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tests.support.models import (
     INSPECT_HANDLER,
     NAMED_FUNCTION_HANDLER,
     PRINTING_HANDLER,
+    SIZED_RESPONSE_HANDLER,
     STREAM_THEN_FAIL_HANDLER,
     STREAMING_HANDLER,
     handler_archive,
@@ -329,6 +330,43 @@ async def test_unregister_timeout_answers_the_request_in_flight(
     assert result[0].json() == backend_error(500, "Worker died.")
 
 
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(1001, id="body-over-limit"),
+        # Over the whole frame's limit too: refused by its length prefix, before it is read.
+        pytest.param(2 << 20, id="frame-over-limit"),
+    ],
+)
+async def test_response_over_max_response_size_is_worker_died_and_worker_restarts(
+    server_factory: Any, model_store: Path, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    """Contract §5.2: a response over the limit drops the worker's connection."""
+    caplog.set_level(logging.INFO)
+    server: Server = await server_factory(make_config(model_store, max_response_size=1000))
+    handler_archive(model_store, "sized", SIZED_RESPONSE_HANDLER)
+    handler_archive(model_store, "echo", ECHO_HANDLER)
+    await register_ok(server, "sized.mar")
+    await register_ok(server, "echo.mar")
+    before = await only_worker(server, "sized")
+    at_limit = await server.inference.post("/predictions/sized", content=b"1000")
+    assert at_limit.status_code == 200
+    assert at_limit.content == b"x" * 1000
+
+    with trio.fail_after(10):
+        response = await server.inference.post("/predictions/sized", content=b"%d" % size)
+    assert response.status_code == 500
+    assert response.json() == backend_error(500, "Worker died.")
+    await echo_ok(server)
+
+    after = await wait_replaced(server, "sized", before["pid"])
+    assert after["id"] == before["id"]
+    good = await server.inference.post("/predictions/sized", content=b"10")
+    assert good.status_code == 200
+    assert good.content == b"x" * 10
+    await wait_for_log(caplog, worker_name(before, "sized"), "process ended", "exceeds")
+
+
 # -- load failure and health --------------------------------------------------------------------
 async def test_failed_initialize_is_reported_unhealthy_and_not_retried_in_a_loop(
     server: Server, model_store: Path, caplog: pytest.LogCaptureFixture
@@ -381,6 +419,24 @@ async def test_sync_register_of_worker_dying_while_loading_fails_instead_of_hang
         "message": "Failed to start workers for model crashy version: 1.0",
     }
     assert (await server.management.get("/models/crashy")).status_code == 404
+
+
+async def test_rescaling_a_model_whose_workers_failed_replaces_them(
+    server: Server, model_store: Path
+) -> None:
+    handler_archive(model_store, "broken", BROKEN_INIT_HANDLER)
+    await register_ok(server, "broken.mar", initial_workers="0")
+    seen: list[set[str]] = []
+    for _ in range(2):
+        scaled = await server.management.put(
+            "/models/broken", params={"min_worker": "2", "synchronous": "true"}
+        )
+        assert scaled.status_code == 500
+        found = await workers(server, "broken")
+        assert len(found) <= 2, found
+        seen.append({w["id"] for w in found})
+    assert seen[0].isdisjoint(seen[1])  # the second scale's workers replaced the first's
+    assert len(server.state.registry.resolve("broken").workers) == 2
 
 
 async def test_worker_failing_past_max_retry_timeout_is_given_up(

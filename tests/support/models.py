@@ -437,3 +437,12 @@ os._exit(5)
 def handle(data, context):
     return data
 """
+
+# Answers each request with as many bytes as its body names (b"1000" -> 1000 bytes of "x"), to
+# probe max_response_size.
+SIZED_RESPONSE_HANDLER = """
+def handle(data, context):
+    if data is None:
+        return None
+    return [b"x" * int(bytes(row["body"]).decode()) for row in data]
+"""

@@ -22,12 +22,11 @@ from trioserve.errors import InvalidModel, ModelNotFound
 from trioserve.models import archive as archive_mod
 from trioserve.models.archive import (
     MANIFEST_PATH,
-    Manifest,
     ModelArchive,
-    ModelConfig,
     open_archive,
     remove_extraction,
 )
+from trioserve.models.manifest import Manifest, ModelConfig
 
 MANIFEST = json.dumps(
     {

@@ -13,7 +13,7 @@ import trio.testing
 
 from backend.wire import pb
 from trioserve.errors import ServiceUnavailable
-from trioserve.models.batching import Batcher, batch_complete
+from trioserve.models.batching import Asker, Batcher, batch_complete
 from trioserve.models.job import Job
 
 # Every test runs under trio's autojump clock: a wait that nobody ends jumps time forward, so
@@ -32,11 +32,22 @@ def ids(batch: list[Job]) -> list[str]:
 
 
 @dataclass
+class FakeWorker:
+    """An asker whose waiting a test sets: True for an idle worker, False once it has died,
+    retired or gone busy since it asked."""
+
+    waiting_for_work: bool = True
+
+
+IDLE = FakeWorker()
+
+
+@dataclass
 class Harness:
     batcher: Batcher
     jobs: trio.MemorySendChannel[Job]
     batches: trio.MemoryReceiveChannel[list[Job]]
-    wants_work: trio.MemorySendChannel[None]
+    wants_work: trio.MemorySendChannel[Asker]
     nursery: trio.Nursery
 
     def enqueue(self, *jobs: Job) -> None:
@@ -45,7 +56,7 @@ class Harness:
 
     async def take(self) -> list[Job]:
         """Ask for work as an idle worker does, then wait for the batch."""
-        self.wants_work.send_nowait(None)
+        self.wants_work.send_nowait(IDLE)
         with trio.fail_after(HANG_LIMIT_S):
             return await self.batches.receive()
 
@@ -56,7 +67,7 @@ async def running_batcher(
 ) -> AsyncIterator[Harness]:
     jobs_send, jobs_recv = trio.open_memory_channel[Job](queue_size)
     batches_send, batches_recv = trio.open_memory_channel[list[Job]](0)
-    wants_send, wants_recv = trio.open_memory_channel[None](math.inf)
+    wants_send, wants_recv = trio.open_memory_channel[Asker](math.inf)
     batcher = Batcher(jobs_recv, batches_send, wants_recv, batch_size, max_batch_delay_ms)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(batcher.run)
@@ -200,7 +211,7 @@ async def test_batch_being_gathered_is_pending_and_survives_cancellation(
     """A model version that stops mid-gather must still reach those jobs to fail them."""
     async with running_batcher(batch_size=4, max_batch_delay_ms=1_000) as h:
         a, b = job("a"), job("b")
-        h.wants_work.send_nowait(None)
+        h.wants_work.send_nowait(IDLE)
         h.enqueue(a, b)
         await trio.sleep(0.5)  # virtual: inside the batch window
         assert h.batcher.pending() == [a, b]
@@ -215,7 +226,7 @@ async def test_formed_batch_waiting_for_a_worker_is_pending(
         a, b = job("a"), job("b")
         h.enqueue(a, b)
         # A worker asked, then went away before taking the batch.
-        h.wants_work.send_nowait(None)
+        h.wants_work.send_nowait(IDLE)
         await trio.sleep(10)
         assert h.batcher.pending() == [a, b]
         h.nursery.cancel_scope.cancel()
@@ -245,7 +256,7 @@ async def test_requeue_wakes_a_batcher_waiting_for_its_first_job(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with running_batcher(batch_size=1, max_batch_delay_ms=100) as h:
-        h.wants_work.send_nowait(None)
+        h.wants_work.send_nowait(IDLE)
         await trio.testing.wait_all_tasks_blocked()  # parked on the empty queue
         start = trio.current_time()
         h.batcher.requeue([job("a")])
@@ -258,7 +269,7 @@ async def test_requeue_during_gathering_joins_the_batch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with running_batcher(batch_size=2, max_batch_delay_ms=1_000) as h:
-        h.wants_work.send_nowait(None)
+        h.wants_work.send_nowait(IDLE)
         h.enqueue(job("a"))
         await trio.sleep(0.5)
         start = trio.current_time()
@@ -284,7 +295,7 @@ async def test_jobs_answered_while_waiting_are_neither_pending_nor_batched(
     in the queue statistics nor reach the next worker."""
     async with running_batcher(batch_size=3, max_batch_delay_ms=1_000) as h:
         a, b, queued = job("a"), job("b"), job("queued")
-        h.wants_work.send_nowait(None)
+        h.wants_work.send_nowait(IDLE)
         h.enqueue(a, b)
         await trio.sleep(0.5)  # virtual: a and b are being gathered
         for failed in h.batcher.pending():
@@ -296,3 +307,42 @@ async def test_jobs_answered_while_waiting_are_neither_pending_nor_batched(
         with trio.fail_after(HANG_LIMIT_S):
             # The same ask is still being served: only the job still wanted comes out.
             assert ids(await h.batches.receive()) == ["c"]
+
+
+async def test_ask_of_a_worker_no_longer_waiting_forms_no_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A worker that died (or retired, or went busy) after asking leaves its ask in the queue:
+    taking it must not gather a batch while no worker waits for one."""
+    async with running_batcher(batch_size=2, max_batch_delay_ms=100) as h:
+        died_idle = FakeWorker()
+        h.wants_work.send_nowait(died_idle)
+        died_idle.waiting_for_work = False
+        h.enqueue(job("a"), job("b"), job("c"))
+        await trio.sleep(60)  # virtual time: long past the batch delay
+        assert h.batcher.pending() == []
+        assert h.jobs.statistics().current_buffer_used == 3
+        assert h.wants_work.statistics().current_buffer_used == 0  # the stale ask was used up
+        # A live worker's ask is served at once, with a full batch.
+        start = trio.current_time()
+        assert ids(await h.take()) == ["a", "b"]
+        assert trio.current_time() == start
+
+
+async def test_stale_asks_are_skipped_in_order_until_a_waiting_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_batcher(batch_size=1, max_batch_delay_ms=100) as h:
+        gone, retired, busy = FakeWorker(False), FakeWorker(False), FakeWorker(False)
+        for asker in (gone, retired, busy):
+            h.wants_work.send_nowait(asker)
+        h.enqueue(job("a"), job("b"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.batcher.pending() == []
+        # Exactly one batch per ask of a waiting worker: the second job stays queued.
+        h.wants_work.send_nowait(FakeWorker())
+        with trio.fail_after(HANG_LIMIT_S):
+            assert ids(await h.batches.receive()) == ["a"]
+        await trio.sleep(60)
+        assert h.batcher.pending() == []
+        assert h.jobs.statistics().current_buffer_used == 1

@@ -10,15 +10,8 @@ from typing import Any
 
 import pytest
 
-from trioserve.config import (
-    Address,
-    Config,
-    default_config,
-    load_config,
-    parse_address,
-    parse_properties,
-    parse_toml,
-)
+from trioserve.config import Address, Config, default_config, parse_address
+from trioserve.config_sources import load_config, parse_properties, parse_toml
 from trioserve.errors import ConfigError
 
 # Verbatim from the docs (torchserve-docs.txt, "A model's configuration example"): backslash
@@ -265,7 +258,7 @@ def test_env_reference_substitution(tmp_path: Path) -> None:
 
 
 def test_unknown_key_warns_and_is_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="trioserve.config"):
+    with caplog.at_level(logging.WARNING, logger="trioserve.config_sources"):
         config = load(tmp_path, "metrics_format=prometheus\njob_queue_size=3\n")
     assert config.unknown == {"metrics_format": "prometheus"}
     assert config.job_queue_size == 3

@@ -92,6 +92,8 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
             "trioserve/http/response.py",
             "trioserve/http/routing.py",
             "trioserve/config.py",
+            "trioserve/config_sources.py",
+            "trioserve/models/manifest.py",
             "backend/wire.py",
         ),
         ("trio", "socket", "ssl", "h11"),

@@ -225,6 +225,7 @@ async def register(
             envelope=config.service_envelope or archive.manifest.envelope or "",
             limit_max_image_pixels=config.limit_max_image_pixels,
             downloaded=downloaded,
+            max_response_size=config.max_response_size,
         )
         await state.registry.add(model)
     except BaseException:
@@ -301,9 +302,8 @@ async def scale_workers(
 
 async def _wait_stopped(workers: list[WorkerSupervisor]) -> None:
     """Wait until each worker's supervisor has finished (its process is reaped)."""
-    # WorkerSupervisor has no "stopped" event to wait on, so poll its state.
-    while any(w.state not in (WorkerState.STOPPED, WorkerState.FAILED) for w in workers):  # noqa: ASYNC110
-        await trio.sleep(0.01)
+    for worker in workers:
+        await worker.stopped.wait()
 
 
 def _worker_json(worker: Any) -> dict[str, Any]:

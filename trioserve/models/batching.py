@@ -5,6 +5,10 @@ taking jobs until ``batch_size`` is reached or ``max_batch_delay`` has passed si
 The batch is handed over on an unbuffered channel, so it only ever goes to a worker that is
 alive and waiting; a worker that dies after asking simply never receives it.
 
+An ask is the worker itself (an ``Asker``). Asks queue up, so by the time one is taken its worker
+may have died idle, been retired, or been served already; such an ask is skipped rather than
+forming a batch that no worker is waiting for while every live one is busy.
+
 Jobs taken from the queue but not batched yet (one that ended a batch by changing command, or a
 batch a worker handed back because its process died before the batch reached it) wait in a
 carried list that is served before the queue, so they keep their place in line.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import Protocol
 
 import trio
 
@@ -26,12 +31,21 @@ def batch_complete(size: int, batch_size: int, first_command: int) -> bool:
     return size >= batch_size or first_command == pb.DESCRIBE
 
 
+class Asker(Protocol):
+    """What a worker sends on ``wants_work``: itself (a ``WorkerSupervisor``)."""
+
+    @property
+    def waiting_for_work(self) -> bool:
+        """True while the worker that asked is still idle, waiting for that batch."""
+        ...
+
+
 class Batcher:
     def __init__(
         self,
         jobs: trio.MemoryReceiveChannel[Job],
         batches: trio.MemorySendChannel[list[Job]],
-        wants_work: trio.MemoryReceiveChannel[None],
+        wants_work: trio.MemoryReceiveChannel[Asker],
         batch_size: int,
         max_batch_delay_ms: int,
     ) -> None:
@@ -104,7 +118,9 @@ class Batcher:
     async def run(self) -> None:
         async with self.batches:
             while True:
-                await self.wants_work.receive()
+                asker = await self.wants_work.receive()
+                if not asker.waiting_for_work:
+                    continue  # stale: that worker died, retired or is busy since it asked
                 # If cancelled (the model version is stopping) while gathering or while
                 # waiting for a worker to take the batch, its jobs stay in ``held``; the model
                 # version fails them through ``pending()``.

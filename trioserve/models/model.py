@@ -10,14 +10,26 @@ from typing import Any
 
 import trio
 
-from backend.wire import pb
+from backend.wire import MAX_FRAME_BYTES, pb
 from trioserve.errors import ServeError, ServiceUnavailable
 from trioserve.models.archive import ModelArchive
-from trioserve.models.batching import Batcher
+from trioserve.models.batching import Asker, Batcher
 from trioserve.models.job import Job
 from trioserve.models.worker import WorkerState, WorkerSupervisor
 
 logger = logging.getLogger(__name__)
+
+# The ``max_response_size`` config key's default: TorchServe's 6.5 MB cap on one response body.
+DEFAULT_MAX_RESPONSE_SIZE = 6553500
+# What a result frame carries besides its bodies: request ids, status, reasons, content types,
+# the headers a handler sets and its metrics. Generous, so only an oversized body trips it.
+RESULT_FRAME_OVERHEAD = 1 << 20
+
+
+def result_frame_limit(batch_size: int, max_response_size: int) -> int:
+    """The largest frame a worker may send: one batch of bodies at ``max_response_size`` each,
+    plus overhead, and never over the codec's own ceiling."""
+    return min(MAX_FRAME_BYTES, batch_size * max_response_size + RESULT_FRAME_OVERHEAD)
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class ModelVersion:
         envelope: str = "",
         limit_max_image_pixels: bool = True,
         downloaded: bool = False,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
         self.name = name
         self.version = version
@@ -85,10 +98,14 @@ class ModelVersion:
         self.envelope = envelope
         self.limit_max_image_pixels = limit_max_image_pixels
         self.downloaded = downloaded
+        # Contract §5.2: a response body over this drops the worker's connection.
+        self.max_response_size = max_response_size
+        self.max_frame_bytes = result_frame_limit(settings.batch_size, max_response_size)
         self._next_worker_id = next_worker_id
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[Job](settings.job_queue_size)
         self.batches_send, self.batches = trio.open_memory_channel[list[Job]](0)
-        self.wants_work, self._wants_recv = trio.open_memory_channel[None](math.inf)
+        # Each idle worker puts itself here; the batcher skips asks gone stale.
+        self.wants_work, self._wants_recv = trio.open_memory_channel[Asker](math.inf)
         self.batcher = Batcher(
             self._jobs_recv,
             self.batches_send,
@@ -202,6 +219,11 @@ class ModelVersion:
         live = self.live_workers()
         started: list[WorkerSupervisor] = []
         if len(live) < min_workers:
+            # Workers that gave up (or stopped) are replaced, not kept: describe lists only
+            # the current ones.
+            self.workers[:] = [
+                w for w in self.workers if w.state not in (WorkerState.STOPPED, WorkerState.FAILED)
+            ]
             for _ in range(min_workers - len(live)):
                 worker = WorkerSupervisor(self, self._next_worker_id())
                 self.workers.append(worker)

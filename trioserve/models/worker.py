@@ -1,27 +1,21 @@
-"""One worker's supervisor: spawns the backend process, loads the model, runs batches.
+"""One worker's supervisor: owns a backend process per incarnation (``models/process.py``), loads
+the model over its channel, runs batches.
 
 Lifecycle (one table, below): STARTING -> READY <-> BUSY; any failure -> RESTARTING (back-off)
 -> STARTING; a failed load, or failing for longer than ``maxRetryTimeoutInSec``, -> FAILED;
-retirement -> STOPPED. A batch in flight when the process dies, or when it runs past
-``response_timeout``, fails with "Worker died." (507 after a SIGKILL, as for TorchServe's exit
-code 137); the process is killed and started again. A batch the process never received (it was
-already dead, or we were cancelled before the frame was written) goes back to the batcher for
-the next worker instead.
+retirement -> STOPPED. A batch in flight when the process dies, runs past ``response_timeout``
+or answers with a body over ``max_response_size`` fails with "Worker died." (507 after a
+SIGKILL, as for TorchServe's exit code 137); the process is killed and started again. A batch
+the process never received (it was already dead, or we were cancelled before the frame was
+written) goes back to the batcher for the next worker instead.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 import enum
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -29,6 +23,7 @@ import trio
 from backend.wire import FrameDecoder, FrameError, encode_frame, pb
 from trioserve.errors import BackendError, ServeError, WorkerDied
 from trioserve.models.job import Job
+from trioserve.models.process import BackendProcess, backend_env, was_killed
 
 if TYPE_CHECKING:
     from trioserve.models.model import ModelVersion
@@ -37,21 +32,7 @@ logger = logging.getLogger(__name__)
 
 # TorchServe's back-off between restarts of a failing worker, in seconds (contract §8.1).
 BACKOFF_S = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597)
-# How long a stopping worker gets after SIGTERM before SIGKILL.
-TERMINATE_GRACE_S = 5.0
-# Lines of a worker's stderr kept to explain its death.
-STDERR_TAIL_LINES = 10
 READ_CHUNK = 1 << 20
-# A worker's output line longer than this is logged in pieces, so one endless line cannot grow
-# the frontend's buffer without bound.
-MAX_LOG_LINE_BYTES = 64 * 1024
-# After a worker dies, how long to wait for it to be reaped and for its last output to drain
-# from the pipes (its dying words explain the death); a grandchild holding a pipe open cannot
-# hold the restart up for longer than this.
-DEATH_DRAIN_S = 1.0
-# Exit code TorchServe sees for a SIGKILLed worker (128 + 9), which is also what the kernel's
-# OOM killer sends; the contract answers those deaths with 507.
-KILLED_EXIT_CODE = 137
 RESPONSE_TIMEOUT = "response timeout"
 
 
@@ -88,36 +69,6 @@ class _LoadFailed(Exception):
         self.code = code
 
 
-@dataclass
-class WorkerInfo:
-    id: int
-    state: WorkerState
-    pid: int
-    start_time: float
-
-
-async def _terminate_then_kill(process: trio.Process) -> None:
-    try:
-        process.terminate()
-    except ProcessLookupError:
-        return
-    with trio.move_on_after(TERMINATE_GRACE_S):
-        await process.wait()
-        return
-    process.kill()
-
-
-def _describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            return f"killed by signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
 class WorkerSupervisor:
     def __init__(self, model: ModelVersion, worker_id: int) -> None:
         self.model = model
@@ -127,18 +78,17 @@ class WorkerSupervisor:
         self.start_time = time.time()
         self.retiring = False
         self.loaded = trio.Event()  # set once the first load settles (success or failure)
+        self.stopped = trio.Event()  # set once run() has ended (the process is reaped)
         self.load_error: str | None = None
         self.cancel_scope = trio.CancelScope()
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._batch_seq = 0
-        self._decoder: FrameDecoder[pb.FromWorker] = FrameDecoder(pb.FromWorker)
+        self._decoder: FrameDecoder[pb.FromWorker] = self._new_decoder()
         self._stream: trio.SocketStream | None = None
         self._failures = 0
         self._failing_since: float | None = None  # trio time of the first failure in a row
-        self._exited = False
+        self._waiting = False  # idle on the batch channel, having asked for work
         self._idle_scope = trio.CancelScope()
-        self._process: trio.Process | None = None
-        self._pipes_closed: list[trio.Event] = []
+        self._process: BackendProcess | None = None  # this incarnation's process
 
     @property
     def name(self) -> str:
@@ -153,25 +103,39 @@ class WorkerSupervisor:
             )
         self.state = state
 
-    def info(self) -> WorkerInfo:
-        return WorkerInfo(self.id, self.state, self.pid, self.start_time)
-
     def retire(self) -> None:
         """Stop after the batch in flight, or now if idle."""
         self.retiring = True
         if self.state is not WorkerState.BUSY:
             self.cancel_scope.cancel()
 
+    @property
+    def waiting_for_work(self) -> bool:
+        """Whether this worker is idle right now, waiting for the batch it asked for.
+
+        The batcher checks it for each ask it takes off ``wants_work``: an ask left behind by a
+        worker that has since died, been retired or been served must not form a batch.
+        """
+        return (
+            self._waiting
+            and self.state is WorkerState.READY
+            and not self.retiring
+            and not self._process_exited()
+        )
+
     # -- the supervising loop ---------------------------------------------------------------
     async def run(self) -> None:
-        with self.cancel_scope:
-            try:
-                await self._supervise()
-            finally:
-                if self.state is not WorkerState.FAILED:
-                    self.state = WorkerState.STOPPED
-                self.loaded.set()
-        self.model.worker_stopped(self)
+        try:
+            with self.cancel_scope:
+                try:
+                    await self._supervise()
+                finally:
+                    if self.state is not WorkerState.FAILED:
+                        self.state = WorkerState.STOPPED
+                    self.loaded.set()
+            self.model.worker_stopped(self)
+        finally:
+            self.stopped.set()
 
     async def _supervise(self) -> None:
         while not self.retiring:
@@ -213,47 +177,33 @@ class WorkerSupervisor:
             await trio.sleep(delay)
             self._set(WorkerState.STARTING)
 
-    def _command(self, fd: int) -> list[str]:
-        return [sys.executable, "-m", "backend", "--fd", str(fd)]
+    def _new_decoder(self) -> FrameDecoder[pb.FromWorker]:
+        # Bounded by max_response_size: a length prefix over it is refused before its payload
+        # is buffered (contract §5.2).
+        return FrameDecoder(pb.FromWorker, max_frame_bytes=self.model.max_frame_bytes)
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        paths = [self.model.model_dir, os.getcwd()]
-        backend_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        paths.append(os.path.dirname(backend_root))
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        env["TS_DECODE_INPUT_REQUEST"] = str(self.model.decode_input_request).lower()
-        # A piped stdout is block-buffered: without this, what a handler prints would reach the
-        # log only when a buffer fills or the process exits.
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+    def _on_process_exit(self) -> None:
+        self._idle_scope.cancel()
 
     async def _incarnation(self) -> None:
-        parent, child = socket.socketpair()
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
-                process: trio.Process = await nursery.start(self._spawn, child.fileno())
-                child.close()
+                # A fresh process object per incarnation: a death is explained by its own
+                # process's output only.
+                process = BackendProcess(
+                    self.name,
+                    logging.getLogger(f"trioserve.worker.{self.model.name}"),
+                    self._on_process_exit,
+                )
+                env = backend_env(
+                    self.model.model_dir, decode_input_request=self.model.decode_input_request
+                )
+                self._stream = await process.start(nursery, cwd=self.model.model_dir, env=env)
+                self._process = process
                 self.pid = process.pid
                 self.start_time = time.time()
-                self._process = process
-                self.stderr_tail.clear()  # a death is explained by its own process's output
-                assert process.stdout is not None
-                assert process.stderr is not None
-                self._pipes_closed = [trio.Event(), trio.Event()]
-                nursery.start_soon(
-                    self._pump, process.stdout, logging.INFO, False, self._pipes_closed[0]
-                )
-                nursery.start_soon(
-                    self._pump, process.stderr, logging.WARNING, True, self._pipes_closed[1]
-                )
-                nursery.start_soon(self._watch_exit, process)
-                self._exited = False
-                self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
-                self._decoder = FrameDecoder(pb.FromWorker)
+                self._decoder = self._new_decoder()
                 # Failures are caught inside the nursery and re-raised after it, so callers see
                 # the exception itself rather than an ExceptionGroup.
                 try:
@@ -270,78 +220,23 @@ class WorkerSupervisor:
                     if exc.args and exc.args[0] == RESPONSE_TIMEOUT:
                         failure = _ProcessGone("killed after exceeding response_timeout")
                     else:
-                        await self._wait_dead()
-                        failure = _ProcessGone(self._death_message(process.returncode))
-                except (_LoadFailed, OSError, FrameError) as exc:
+                        await process.wait_dead()
+                        failure = _ProcessGone(process.death_message())
+                except (OSError, FrameError) as exc:
+                    # The channel is unusable (a frame over the limit, say): the process is
+                    # killed below, as if the connection had dropped.
+                    self._set(WorkerState.RESTARTING)
+                    failure = exc
+                except _LoadFailed as exc:
                     failure = exc
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            child.close()
-            parent.close()
+            if self._stream is not None:
+                self._stream.socket.close()
             self._stream = None
         if failure is not None:
             raise failure
-
-    async def _spawn(self, fd: int, task_status: trio.TaskStatus[trio.Process]) -> None:
-        await trio.run_process(
-            self._command(fd),
-            pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self.model.model_dir,
-            env=self._env(),
-            check=False,
-            deliver_cancel=_terminate_then_kill,
-            task_status=task_status,
-        )
-
-    async def _wait_dead(self) -> None:
-        """Wait (bounded) until the process is reaped and its output pipes reach EOF."""
-        with trio.move_on_after(DEATH_DRAIN_S):
-            if self._process is not None:
-                await self._process.wait()
-            for closed in self._pipes_closed:
-                await closed.wait()
-
-    def _death_message(self, returncode: int | None) -> str:
-        tail = " | ".join(self.stderr_tail)
-        message = f"Worker died ({_describe_exit(returncode)})."
-        return f"{message} Last stderr: {tail}" if tail else message
-
-    async def _pump(
-        self, stream: trio.abc.ReceiveStream, level: int, is_stderr: bool, closed: trio.Event
-    ) -> None:
-        worker_log = logging.getLogger(f"trioserve.worker.{self.model.name}")
-
-        def emit(raw: bytes) -> None:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            if is_stderr:
-                self.stderr_tail.append(line)
-            worker_log.log(level, "[%s] %s", self.name, line)
-
-        buffer = bytearray()
-        try:
-            async for data in stream:
-                # Only the new bytes are searched for line ends: no rescanning a long line.
-                start = 0
-                end = data.find(b"\n")
-                while end >= 0:
-                    emit(bytes(buffer) + data[start:end])
-                    buffer.clear()
-                    start = end + 1
-                    end = data.find(b"\n", start)
-                buffer += data[start:]
-                while len(buffer) >= MAX_LOG_LINE_BYTES:
-                    emit(bytes(buffer[:MAX_LOG_LINE_BYTES]))
-                    del buffer[:MAX_LOG_LINE_BYTES]
-            if buffer:
-                emit(bytes(buffer))  # a last line without its newline
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            closed.set()
 
     async def _send(self, message: pb.ToWorker) -> None:
         assert self._stream is not None
@@ -381,19 +276,20 @@ class WorkerSupervisor:
     def gpu_id(self) -> int:
         return -1
 
-    async def _watch_exit(self, process: trio.Process) -> None:
-        await process.wait()
-        self._exited = True
-        self._idle_scope.cancel()
-
     async def _serve_batches(self) -> None:
         while not self.retiring:
-            self.model.wants_work.send_nowait(None)
             batch: list[Job] | None = None
             with trio.CancelScope() as self._idle_scope:
-                if self._exited:
-                    self._idle_scope.cancel()
-                batch = await self.model.batches.receive()
+                # The ask names this worker: the batcher skips it if, by the time it is taken,
+                # the worker is no longer waiting here (see ``waiting_for_work``).
+                self._waiting = True
+                try:
+                    self.model.wants_work.send_nowait(self)
+                    if self._process is not None and self._process.exited:
+                        self._idle_scope.cancel()
+                    batch = await self.model.batches.receive()
+                finally:
+                    self._waiting = False
             if batch is None:
                 raise _ProcessGone("process exited while idle")
             self._set(WorkerState.BUSY)
@@ -428,6 +324,7 @@ class WorkerSupervisor:
                     reply = await self._receive()
                     if reply.WhichOneof("kind") != "result":
                         raise _ProcessGone("worker sent an unexpected frame mid-batch")
+                    self._check_response_sizes(reply.result)
                     if self._deliver(reply.result, by_id):
                         return
         except trio.TooSlowError:
@@ -441,9 +338,10 @@ class WorkerSupervisor:
             if delivered:
                 # The process died holding the batch. SIGKILL (the OOM killer's signal) is
                 # answered with 507, as TorchServe does for exit code 137; the wait is bounded.
-                await self._wait_dead()
-                returncode = self._process.returncode if self._process is not None else None
-                killed = returncode in (-signal.SIGKILL, KILLED_EXIT_CODE)
+                killed = False
+                if self._process is not None:
+                    await self._process.wait_dead()
+                    killed = was_killed(self._process.returncode)
                 self._fail_all(live, WorkerDied(code=507 if killed else 500))
             raise
         finally:
@@ -455,7 +353,18 @@ class WorkerSupervisor:
                 self.model.requeue(live)
 
     def _process_exited(self) -> bool:
-        return self._exited or (self._process is not None and self._process.poll() is not None)
+        return self._process is not None and self._process.has_exited()
+
+    def _check_response_sizes(self, result: pb.BatchResult) -> None:
+        """Raises FrameError for a response body over ``max_response_size``: the contract
+        (§5.2) drops the worker's connection, so its batch fails with "Worker died." and the
+        worker is restarted."""
+        limit = self.model.max_response_size
+        for response in result.responses:
+            if len(response.body) > limit:
+                raise FrameError(
+                    f"response of {len(response.body)} bytes exceeds max_response_size ({limit})"
+                )
 
     def _fail_all(self, jobs: list[Job], error: ServeError) -> None:
         for job in jobs:
