@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from trioserve.api.dispatch import make_handler
-from trioserve.api.management import RegisterParams, register
+from trioserve.api.register import RegisterParams, register
 from trioserve.api.state import ServerState
 from trioserve.config import Address, Config
 from trioserve.errors import ConfigError, ServeError

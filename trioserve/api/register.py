@@ -1,0 +1,230 @@
+"""Registering a model version: parameters, settings precedence, archive to running version.
+
+Shared by the REST register call and by startup loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trioserve.api.state import ServerState
+from trioserve.errors import BadRequest
+from trioserve.http.request import Request
+from trioserve.models import store
+from trioserve.models.archive import ModelArchive, open_archive, remove_extraction
+from trioserve.models.model import ModelSettings, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("python", "python3", "LSP")
+
+
+def int_param(value: Any) -> int | None:
+    """An integer parameter, or None when absent or not an integer (TorchServe ignores those)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def true_param(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    url: str | None
+    model_name: str | None = None
+    handler: str | None = None
+    runtime: str | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
+    initial_workers: int | None = None
+    synchronous: bool = False
+    response_timeout: int | None = None
+    startup_timeout: int | None = None
+
+    @classmethod
+    def from_request(cls, request: Request) -> RegisterParams:
+        values: dict[str, Any] = {k: v[0] for k, v in request.query.items() if v}
+        if request.mime_type == "application/json" and request.body.strip():
+            try:
+                body = json.loads(request.body)
+            except ValueError as exc:
+                raise BadRequest(f"Invalid JSON body: {exc}") from exc
+            if not isinstance(body, dict):
+                raise BadRequest("Invalid JSON body: expected an object.")
+            values.update(body)
+        return cls.from_values(values)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> RegisterParams:
+        url = values.get("url")
+        return cls(
+            url=None if url is None else str(url),
+            model_name=str(values["model_name"]) if values.get("model_name") else None,
+            handler=str(values["handler"]) if values.get("handler") else None,
+            runtime=str(values["runtime"]) if values.get("runtime") else None,
+            batch_size=int_param(values.get("batch_size")),
+            max_batch_delay=int_param(values.get("max_batch_delay")),
+            initial_workers=int_param(values.get("initial_workers")),
+            synchronous=true_param(values.get("synchronous", False)),
+            response_timeout=int_param(values.get("response_timeout")),
+            startup_timeout=int_param(values.get("startup_timeout")),
+        )
+
+
+def _first(*values: int | None, default: int) -> int:
+    for value in values:
+        if value is not None and value > 0:
+            return value
+    return default
+
+
+def default_startup_workers(state: ServerState) -> int:
+    if state.config.default_workers_per_model > 0:
+        return state.config.default_workers_per_model
+    return os.cpu_count() or 1
+
+
+def resolve_settings(
+    state: ServerState,
+    params: RegisterParams,
+    archive: ModelArchive,
+    name: str,
+    version: str,
+    *,
+    at_startup: bool,
+) -> ModelSettings:
+    """Combine register parameters, model-config.yaml, the ``models`` JSON and defaults.
+
+    Precedence: explicit parameter > model-config.yaml > ``models`` JSON > server default.
+    (TorchServe lets the yaml timeouts beat explicit parameters; we let the caller win.)
+    """
+    config = state.config
+    yaml = archive.model_config
+    json_cfg: dict[str, Any] = dict(config.models.get(name, {}).get(version, {}))
+
+    def from_json(key: str) -> int | None:
+        return int_param(json_cfg.get(key))
+
+    if at_startup:
+        workers = _first(from_json("minWorkers"), default=default_startup_workers(state))
+        max_workers = _first(from_json("maxWorkers"), default=workers)
+    else:
+        initial = params.initial_workers
+        workers = (
+            initial
+            if initial is not None and initial > 0
+            else max(config.default_workers_per_model, 0)
+        )
+        max_workers = workers
+    if yaml.min_workers is not None and yaml.min_workers > 0:
+        top = yaml.max_workers if yaml.max_workers is not None else yaml.min_workers
+        if top >= yaml.min_workers:
+            workers, max_workers = yaml.min_workers, top
+    max_workers = max(max_workers, workers)
+    handler = params.handler or archive.manifest.handler or config.default_service_handler or ""
+    return ModelSettings(
+        min_workers=workers,
+        max_workers=max_workers,
+        batch_size=_first(params.batch_size, yaml.batch_size, from_json("batchSize"), default=1),
+        max_batch_delay=_first(
+            params.max_batch_delay, yaml.max_batch_delay, from_json("maxBatchDelay"), default=100
+        ),
+        response_timeout=_first(
+            params.response_timeout,
+            yaml.response_timeout,
+            from_json("responseTimeout"),
+            default=config.default_response_timeout,
+        ),
+        startup_timeout=_first(
+            params.startup_timeout,
+            yaml.startup_timeout,
+            from_json("startupTimeout"),
+            default=config.default_startup_timeout,
+        ),
+        job_queue_size=_first(yaml.job_queue_size, default=config.job_queue_size),
+        handler=handler,
+        runtime=params.runtime or archive.manifest.runtime or "python",
+        loaded_at_startup=at_startup,
+        max_retry_timeout_sec=yaml.max_retry_timeout_sec,
+        client_timeout_ms=yaml.client_timeout_ms,
+        parallel_type=yaml.parallel_type or "",
+        parallel_level=yaml.parallel_level,
+        device_type="cpu",
+    )
+
+
+def _derive_name(path: Path) -> str:
+    stem = path.name
+    for suffix in (".tar.gz", ".mar", ".model", ".tgz"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
+
+
+async def register(
+    state: ServerState, params: RegisterParams, *, at_startup: bool = False
+) -> tuple[ModelVersion, int, int]:
+    """Open the archive, add the version to the registry and start its workers.
+
+    Returns (model, workers started, workers ready); ready is -1 for an asynchronous start.
+    """
+    if params.url is None:
+        raise BadRequest("Parameter url is required.")
+    if params.runtime is not None and params.runtime not in RUNTIMES:
+        raise BadRequest(f"Invalid RuntimeType value: {params.runtime}")
+    config = state.config
+    path, downloaded = await store.fetch(params.url, config.model_store, config.allowed_urls)
+    try:
+        archive = await trio.to_thread.run_sync(open_archive, path, state.extract_root)
+    except BaseException:
+        if downloaded:
+            store.remove_download(path)
+        raise
+    try:
+        name = params.model_name or archive.manifest.model_name
+        if not name and at_startup:
+            name = _derive_name(path)
+        if not name:
+            raise BadRequest("Model name is not defined.")
+        version = archive.manifest.model_version or "1.0"
+        state.registry.check_free(name, version)
+        settings = resolve_settings(state, params, archive, name, version, at_startup=at_startup)
+        model = ModelVersion(
+            name,
+            version,
+            params.url,
+            archive,
+            settings,
+            next_worker_id=state.registry.next_worker_id,
+            decode_input_request=config.decode_input_request,
+            envelope=config.service_envelope or archive.manifest.envelope or "",
+            limit_max_image_pixels=config.limit_max_image_pixels,
+            downloaded=downloaded,
+            max_response_size=config.max_response_size,
+        )
+        await state.registry.add(model)
+    except BaseException:
+        remove_extraction(archive)
+        if downloaded:
+            store.remove_download(path)
+        raise
+    started = model.scale(settings.min_workers, settings.max_workers)
+    if not started or not params.synchronous:
+        return model, len(started), -1
+    ready, _ = await model.wait_workers(started)
+    return model, len(started), ready
