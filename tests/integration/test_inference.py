@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from openapi_spec_validator import validate
 
 from tests.conftest import Server
 from tests.support.models import (
@@ -192,3 +193,4 @@ async def test_options_root_is_openapi(server: Server) -> None:
     assert r.status_code == 200
     assert r.json()["openapi"] == "3.0.1"
     assert "/predictions/{model_name}" in r.json()["paths"]
+    validate(r.json())
