@@ -81,6 +81,7 @@ class FakeHandler:
             "/gated": self._gated,
         }
         self.entered = trio.Event()
+        self.gated_cancelled = False
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
         self.requests.append(request)
@@ -103,7 +104,11 @@ class FakeHandler:
 
     async def _gated(self, request: Request) -> Response:
         self.entered.set()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except trio.Cancelled:
+            self.gated_cancelled = True
+            raise
         return Response(200, b"late")
 
     async def _no_type(self, request: Request) -> Response:
@@ -719,3 +724,28 @@ async def test_drain_lets_the_request_in_hand_finish_then_closes() -> None:
         assert (reply.status, reply.body) == (200, b"late")
         assert reply.headers["connection"] == "close"
         await s.client.assert_closed_by_server()
+
+
+async def test_client_closing_while_the_handler_works_cancels_the_handler() -> None:
+    async with connected() as s:
+        await s.client.request("/gated")
+        await s.handler.entered.wait()
+        await s.client.stream.aclose()
+        await s.server_done.wait()
+        assert s.handler.gated_cancelled
+
+
+async def test_pipelined_bytes_during_a_slow_response_are_kept() -> None:
+    async with connected() as s:
+        await s.client.request("/gated")
+        await s.handler.entered.wait()
+        raw = b"GET /ok HTTP/1.1\r\nHost: test\r\n\r\n"
+        await s.client.stream.send_all(raw)
+        await trio.testing.wait_all_tasks_blocked()
+        s.handler.release.set()
+        first = await s.client.response()
+        assert first.body == b"late"
+        s.client.conn.start_next_cycle()
+        s.client.pretend_sent()
+        second = await s.client.response()
+        assert second.body == b"hello"

@@ -9,10 +9,10 @@ import trio
 from backend.wire import pb
 from trioserve.api import openapi
 from trioserve.api.state import ServerState
-from trioserve.errors import ServeError
+from trioserve.errors import InternalServerError, ServeError
 from trioserve.http.request import Request, body_inputs
 from trioserve.http.response import Response, StreamingResponse, json_response, status_response
-from trioserve.models.job import Job
+from trioserve.models.job import ANSWER_GRACE_S, DEFAULT_QUEUE_TIMEOUT_S, Job, Outcome
 from trioserve.models.model import ModelVersion
 from trioserve.models.worker import WorkerState
 
@@ -58,24 +58,37 @@ async def run_job(
 ) -> Response | StreamingResponse:
     """Queue a job and turn its outcome into a response; a cancelled wait drops the job."""
     model.submit_nowait(job, url_version=url_version)
-    try:
-        kind, value = await job.next_outcome()
-    except trio.Cancelled:
-        job.cancelled = True
-        raise
+    kind, value = await job.first_outcome(
+        model.name,
+        queue_timeout=queue_timeout(model),
+        response_timeout=model.settings.response_timeout,
+    )
     if isinstance(value, ServeError):
         raise value
     status, reason, content_type, headers = _response(value)
     if kind == "final":
         return Response(status, value.body, content_type, headers, reason)
-    return StreamingResponse(status, _stream(job, value.body), content_type, headers, reason)
+    chunks = _stream(job, value.body, model.settings.response_timeout + ANSWER_GRACE_S)
+    return StreamingResponse(status, chunks, content_type, headers, reason)
 
 
-async def _stream(job: Job, first: bytes) -> AsyncIterator[bytes]:
+def queue_timeout(model: ModelVersion) -> float:
+    """How long a job may wait for a worker: the model's clientTimeoutInMills, else the
+    server default."""
+    client_ms = model.settings.client_timeout_ms
+    return client_ms / 1000 if client_ms > 0 else DEFAULT_QUEUE_TIMEOUT_S
+
+
+async def _stream(job: Job, first: bytes, chunk_timeout: float) -> AsyncIterator[bytes]:
     yield first
     try:
         while True:
-            kind, value = await job.next_outcome()
+            outcome: Outcome | None = None
+            with trio.move_on_after(chunk_timeout):
+                outcome = await job.next_outcome()
+            if outcome is None:
+                raise InternalServerError(f"streamed response of job {job.request_id} stalled")
+            kind, value = outcome
             if isinstance(value, ServeError):
                 # The head is out already: raising makes the connection end without the final
                 # chunk, which is how the client learns the body is incomplete.

@@ -10,6 +10,7 @@ import trio
 
 from backend.wire import pb
 from trioserve.api import openapi
+from trioserve.api.inference import queue_timeout
 from trioserve.api.register import RegisterParams, int_param, register, true_param
 from trioserve.api.state import ServerState
 from trioserve.errors import (
@@ -166,11 +167,11 @@ async def _customized(model: ModelVersion, request: Request) -> str | None:
             f'Model "{model.name}" has no worker to serve describe request. '
             "Please use scale workers API to add workers."
         ) from None
-    try:
-        _, value = await job.next_outcome()
-    except trio.Cancelled:
-        job.cancelled = True  # the client went away: the batcher drops the job
-        raise
+    _, value = await job.first_outcome(
+        model.name,
+        queue_timeout=queue_timeout(model),
+        response_timeout=model.settings.response_timeout,
+    )
     if isinstance(value, ServeError):
         raise value
     text = value.body.decode("utf-8", "replace")

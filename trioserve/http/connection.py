@@ -221,7 +221,7 @@ class HTTPConnection:
             await self._send_simple(Response(413), request_id)
             self._log(request, 413, start)
             return False
-        response = await self._dispatch(request)
+        response = await self._dispatch_watching(request)
         status = await self._respond(response, request_id, head_only=request.method == "HEAD")
         self._log(request, status, start)
         return (
@@ -244,6 +244,38 @@ class HTTPConnection:
                 return bytes(body)
             else:
                 raise _ClientGone()
+
+    async def _dispatch_watching(self, request: Request) -> Response | StreamingResponse:
+        """Run the handler while watching the peer: if the client closes its end before the
+        answer is ready, the handler is cancelled (a queued job is dropped, a worker is never
+        restarted for it) and the connection ends.
+
+        Bytes the client sends meanwhile (a pipelined request) go to h11's buffer, up to
+        ``MAX_HEAD_BYTES``; past that we stop reading until the response is out.
+        """
+        response: Response | StreamingResponse | None = None
+        peer_gone = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal peer_gone
+                while len(self.conn.trailing_data[0]) < MAX_HEAD_BYTES:
+                    try:
+                        data = await self.stream.receive_some(READ_CHUNK)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        peer_gone = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    self.conn.receive_data(bytes(data))
+
+            nursery.start_soon(watch)
+            response = await self._dispatch(request)
+            nursery.cancel_scope.cancel()
+        if peer_gone or response is None:
+            raise _ClientGone()
+        return response
 
     async def _dispatch(self, request: Request) -> Response | StreamingResponse:
         try:

@@ -132,4 +132,6 @@ class Batcher:
                     if batch:
                         break
                 await self.batches.send(batch)
+                for job in batch:
+                    job.dispatched = True
                 self.held = []

@@ -8,8 +8,16 @@ from dataclasses import dataclass, field
 import trio
 
 from backend.wire import pb
-from trioserve.errors import ServeError
+from trioserve.errors import InternalServerError, ServeError, ServiceUnavailable
 from trioserve.http.request import Input
+
+# A job that no worker has taken after this long is answered 503 (clientTimeoutInMills in
+# model-config.yaml sets it per model). Without it a request could wait forever behind workers
+# that keep failing to start.
+DEFAULT_QUEUE_TIMEOUT_S = 120.0
+# Once a worker holds the job, the worker's own response_timeout scope answers it; this is the
+# margin on top of that before the connection gives up on a worker that never answered.
+ANSWER_GRACE_S = 10.0
 
 # What a job's reply channel carries: a streamed chunk, the final response, or an error.
 Outcome = tuple[str, pb.Response | ServeError]  # ("chunk" | "final" | "error", value)
@@ -26,6 +34,7 @@ class Job:
     _send: trio.MemorySendChannel[Outcome] = field(init=False, repr=False)
     _recv: trio.MemoryReceiveChannel[Outcome] = field(init=False, repr=False)
     done: bool = field(default=False, init=False)
+    dispatched: bool = field(default=False, init=False)  # handed to a worker
 
     def __post_init__(self) -> None:
         # Unbounded: a job gets at most one final outcome plus the chunks its handler streams,
@@ -64,3 +73,34 @@ class Job:
 
     async def next_outcome(self) -> Outcome:
         return await self._recv.receive()
+
+    async def first_outcome(
+        self, model_name: str, *, queue_timeout: float, response_timeout: float
+    ) -> Outcome:
+        """The job's first outcome, with deadlines: ``queue_timeout`` to reach a worker, then
+        ``response_timeout`` (plus a margin) for the worker to answer.
+
+        A client that goes away (this task cancelled) drops the job: a queued job is skipped,
+        a dispatched one is answered into the void, and no worker is restarted for it.
+
+        Raises:
+            ServiceUnavailable: no worker took the job within ``queue_timeout``.
+            InternalServerError: a worker took it but nothing answered in time (a bug guard:
+                the worker's own timeout should always answer first).
+        """
+        try:
+            with trio.move_on_after(queue_timeout):
+                return await self.next_outcome()
+            if not self.dispatched:
+                self.cancelled = True
+                raise ServiceUnavailable(
+                    f'Model "{model_name}" did not get a worker for this request within '
+                    f"{queue_timeout:g} s."
+                )
+            with trio.move_on_after(response_timeout + ANSWER_GRACE_S):
+                return await self.next_outcome()
+            self.cancelled = True
+            raise InternalServerError(f'Model "{model_name}" did not answer in time.')
+        except trio.Cancelled:
+            self.cancelled = True
+            raise
