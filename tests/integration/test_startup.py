@@ -129,3 +129,31 @@ async def test_default_workers_per_model(
     config = make_config(model_store, load_models="echo.mar", default_workers_per_model=workers)
     server = await server_factory(config)
     await wait_until(lambda: _all_ready(server, "echo", workers))
+
+
+SLOW_LOAD_HANDLER = """
+import time
+
+def handle(data, context):
+    if data is None:
+        time.sleep(1.5)
+        return None
+    return [b"up"] * len(data)
+"""
+
+
+async def test_ping_is_unhealthy_until_startup_models_are_loaded(
+    server_factory: Any, model_store: Path
+) -> None:
+    handler_archive(model_store, "slowload", SLOW_LOAD_HANDLER)
+    config = make_config(model_store, load_models="slowload.mar", default_workers_per_model=1)
+    server = await server_factory(config)
+    first = await server.inference.get("/ping")
+    assert first.status_code == 500
+    assert first.json() == {"status": "Unhealthy"}
+
+    async def healthy() -> bool:
+        return (await server.inference.get("/ping")).status_code == 200  # type: ignore[no-any-return]
+
+    await wait_until(healthy)
+    assert (await server.inference.post("/predictions/slowload", content=b"x")).content == b"up"

@@ -14,13 +14,22 @@ from trioserve.http.request import Request, body_inputs
 from trioserve.http.response import Response, StreamingResponse, json_response, status_response
 from trioserve.models.job import ANSWER_GRACE_S, DEFAULT_QUEUE_TIMEOUT_S, Job, Outcome
 from trioserve.models.model import ModelVersion
-from trioserve.models.worker import WorkerState
+from trioserve.models.worker import WorkerState, WorkerSupervisor
+
+
+def _counts_as_healthy(worker: WorkerSupervisor) -> bool:
+    """Loaded its model at least once and not given up on (contract §8.7: a worker restarting
+    after a crash still counts until it has failed for maxRetryTimeoutInSec). A worker still
+    loading for the first time does not count, so startup models make /ping wait."""
+    if worker.retiring or worker.state in (WorkerState.FAILED, WorkerState.STOPPED):
+        return False
+    return worker.loaded.is_set() and worker.load_error is None
 
 
 def is_healthy(state: ServerState) -> bool:
-    """Unhealthy iff some model's default version has fewer healthy workers than its minimum."""
+    """Healthy iff every model's default version has at least its minimum of healthy workers."""
     for model in state.registry.defaults():
-        healthy = sum(1 for w in model.workers if w.state is not WorkerState.FAILED)
+        healthy = sum(1 for w in model.workers if _counts_as_healthy(w))
         if healthy < model.settings.min_workers:
             return False
     return True
