@@ -260,3 +260,42 @@ async def test_client_disconnect_drops_the_queued_job_without_restarting_a_worke
     assert reply.status_code == 200
     assert log.read_text().split() == ["busy", "later"]
     assert await ready_pids(server, "slow") == [pid]
+
+
+async def test_full_queue_is_refused_from_the_head_without_reading_the_body(
+    server_factory: Any, model_store: Path, tmp_path: Path
+) -> None:
+    handler_archive(model_store, "slow", FAULT_HANDLER, config_yaml="jobQueueSize: 1\n")
+    server = await server_factory(make_config(model_store))
+    await register(server, "slow", initial_workers="1")
+    log = tmp_path / "ran.log"
+    headers = {"x-log-file": str(log), "x-sleep": "1"}
+    port = server.running.ports["inference"]
+    async with trio.open_nursery() as nursery:
+
+        async def post(tag: str) -> None:
+            reply = await server.inference.post(
+                "/predictions/slow", content=tag.encode(), headers=headers
+            )
+            assert reply.status_code == 200
+
+        nursery.start_soon(post, "running")
+        await wait_until(lambda: _logged(log, "running"))
+        nursery.start_soon(post, "queued")
+        await wait_until(lambda: _queued(server, "slow", 1))
+        # Announce a big body and send none of it: the 503 must come back from the head alone.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        head = "POST /predictions/slow HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n\r\n"
+        with trio.fail_after(5):
+            await stream.send_all(head.encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+        await stream.aclose()
+        assert data.startswith(b"HTTP/1.1 503 ")
+        assert b"connection: close" in data
+
+
+async def _queued(server: Server, name: str, count: int) -> bool:
+    status = (await describe(server, name))["jobQueueStatus"]
+    return status["pendingRequests"] == count  # type: ignore[no-any-return]

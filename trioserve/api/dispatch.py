@@ -7,9 +7,11 @@ from typing import Any
 
 from trioserve.api import inference, management, metrics
 from trioserve.api.state import ServerState
+from trioserve.errors import ServeError, ServiceUnavailable
 from trioserve.http.request import Request
 from trioserve.http.response import Response, StreamingResponse
 from trioserve.http.routing import route
+from trioserve.models.model import no_worker_message
 
 _FUNCTIONS: dict[str, Callable[..., Awaitable[Response | StreamingResponse]]] = {
     "api_description": inference.api_description,
@@ -44,6 +46,30 @@ def make_handler(
         return response
 
     return handle
+
+
+def make_admission(
+    state: ServerState, apis: frozenset[str]
+) -> Callable[[Request], ServeError | None]:
+    """Refuse a prediction from its head when its model could not queue it anyway (no worker,
+    or the queue is full), so the client is not made to upload a body for nothing."""
+
+    def admit(request: Request) -> ServeError | None:
+        try:
+            found = route(apis, request.method, request.segments)
+        except ServeError:
+            return None  # the handler answers routing errors after the body, as usual
+        if found.name not in ("predict", "explain"):
+            return None
+        try:
+            model = state.registry.resolve(found.params["model"], found.params.get("version"))
+        except ServeError as exc:
+            return exc
+        if not model.live_workers() or model.statistics().remaining_capacity <= 0:
+            return ServiceUnavailable(no_worker_message(model.name, found.params.get("version")))
+        return None
+
+    return admit
 
 
 def _cors_headers(state: ServerState) -> list[tuple[str, str]]:

@@ -56,6 +56,9 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+# Decides from the request head alone whether to refuse it (say, the model's queue is full), so
+# a large body is never read just to be turned away.
+Admit = Callable[[Request], ServeError | None]
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,10 @@ class HTTPConnection:
         limits: Limits,
         remote: str,
         drain: Drain | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.drain = drain if drain is not None else Drain()
+        self.admit = admit
         self.stream = stream
         self.handler = handler
         self.limits = limits
@@ -211,6 +216,13 @@ class HTTPConnection:
             # Refused from the head alone, before any of the body (or a 100 Continue) is sent.
             await self._send_simple(Response(413), request_id)
             self._log(request, 413, start)
+            return False
+        refusal = self.admit(request) if self.admit is not None else None
+        if refusal is not None:
+            # Answered before the body: the connection closes (status >= 400), so the unread
+            # body never needs reading.
+            await self._send_simple(error_response(refusal), request_id)
+            self._log(request, refusal.code, start)
             return False
         try:
             request.body = await self._read_body()
@@ -395,9 +407,10 @@ async def serve_connection(
     limits: Limits,
     remote: str = "",
     drain: Drain | None = None,
+    admit: Admit | None = None,
 ) -> None:
     """Serve HTTP/1.1 on ``stream`` until it ends; the stream is always closed on return.
 
     Resource handling: the caller's task owns the stream; this function closes it in every case.
     """
-    await HTTPConnection(stream, handler, limits, remote, drain).serve()
+    await HTTPConnection(stream, handler, limits, remote, drain, admit).serve()
