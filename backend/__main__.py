@@ -1,18 +1,92 @@
-"""Worker entry point: ``python -m backend --fd N``."""
+"""Worker entry point: ``python -m backend --fd N [--parent-pid P]``.
+
+No orphans: a worker never outlives the frontend that spawned it. An idle worker sees its channel
+close and returns; a busy one (a handler deep in a long call) would not notice until its batch
+is done, so a watchdog thread ends the process as soon as its parent is no longer ``P``.
+
+On Linux the kernel tells it at once: ``prctl(PR_SET_PDEATHSIG)``. The signal is not SIGTERM,
+and it does not kill: the kernel's "parent" is the *thread* that forked us, and trio forks from
+a cached worker thread that exits after 10 s idle, so a killing signal would end every worker
+10 s after its start while the frontend is alive. The signal only wakes the watchdog, which
+exits if ``os.getppid()`` changed. A poll covers other systems, and a parent that died before
+the signal was armed (checked right after arming it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
+import signal
 import sys
+import threading
 
-from backend.worker import run
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# A real-time signal nobody else uses: blocked in every thread, it is only ever taken by the
+# watchdog's sigtimedwait. (Children a handler spawns inherit the block, harmlessly.)
+PARENT_DEATH_SIGNAL: int | None = getattr(signal, "SIGRTMAX", None)
+# How often the watchdog checks its parent without a signal: well inside the 2 s a worker has
+# to follow a frontend that was killed.
+PARENT_POLL_S = 0.5
+# Exit status of a worker whose frontend is gone (nobody is left to read it).
+EXIT_ORPHANED = 1
+
+
+def arm_parent_death_signal() -> int | None:
+    """Ask Linux for ``PARENT_DEATH_SIGNAL`` when our parent dies; the signal, or None where
+    that is not possible (not Linux, no prctl). Call before starting any thread: the signal is
+    blocked here and every thread started later inherits the block."""
+    if not sys.platform.startswith("linux") or PARENT_DEATH_SIGNAL is None:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {PARENT_DEATH_SIGNAL})
+        args = (PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0)
+        if libc.prctl(*(ctypes.c_ulong(a) for a in args)) == 0:
+            return PARENT_DEATH_SIGNAL
+    except (OSError, AttributeError):
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {PARENT_DEATH_SIGNAL})
+    return None
+
+
+def watch_parent(parent: int, signum: int | None) -> None:
+    """Return once ``parent`` is no longer our parent (the frontend died; we were re-parented),
+    waking on ``signum`` or every ``PARENT_POLL_S``."""
+    while os.getppid() == parent:
+        if signum is None:
+            threading.Event().wait(PARENT_POLL_S)
+        else:
+            signal.sigtimedwait({signum}, PARENT_POLL_S)
+
+
+def _exit_with_parent(parent: int, signum: int | None) -> None:
+    watch_parent(parent, signum)
+    os._exit(EXIT_ORPHANED)  # at once, even mid-batch: nobody is left to answer
+
+
+def follow_parent(parent: int) -> None:
+    """Make this process exit when ``parent`` does, from now on."""
+    signum = arm_parent_death_signal()
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(
+        target=_exit_with_parent, args=(parent, signum), name="parent-watchdog", daemon=True
+    ).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to the frontend")
+    parser.add_argument(
+        "--parent-pid", type=int, help="exit when this process is gone (default: our parent)"
+    )
     args = parser.parse_args(argv)
+    # First, before any import could start a thread that would not inherit the signal's block.
+    follow_parent(args.parent_pid if args.parent_pid is not None else os.getppid())
+    from backend.worker import run
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     return run(args.fd)
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _snapshot_dir(args: argparse.Namespace) -> Path | None:
+    """Where config snapshots are read and written (contract §5.4); None with ``--ncs``."""
+    if args.ncs:
+        return None
+    return Path.cwd() / (os.environ.get("LOG_LOCATION") or "logs") / "config"
+
+
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(
         environ=os.environ,
@@ -70,6 +78,7 @@ def _config(args: argparse.Namespace) -> Config:
         workflow_store=args.workflow_store,
         enable_model_api=args.enable_model_api,
         disable_token_auth=args.disable_token_auth,
+        snapshot_dir=_snapshot_dir(args),
     )
     if config.model_store is None:
         raise ConfigError("Missing mandatory parameter --model-store")
@@ -108,8 +117,23 @@ def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     for key, value, source in config.effective():
         logging.getLogger("trioserve.config").debug("%s = %s (%s)", key, value, source)
-    trio.run(serve, config)
+    try:
+        trio.run(partial(serve, config, snapshot_dir=_snapshot_dir(args)))
+    except BaseExceptionGroup as group:
+        error = _startup_error(group)
+        if error is None:
+            raise
+        raise error from None
     return 0
+
+
+def _startup_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:
+    """The ConfigError that stopped the start (a snapshot that cannot be restored), out of the
+    nurseries' exception groups; None when the group holds anything else."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, ConfigError) else None
 
 
 def _running_pid() -> int | None:
@@ -228,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 ts_config=args.ts_config,
                 model_store=args.model_store,
                 models=args.models,
+                snapshot_dir=_snapshot_dir(args),
             )
             for key, value, source in config.effective():
                 print(f"{key} = {value}    # {source}")

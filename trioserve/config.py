@@ -271,6 +271,10 @@ class Config:
     unregister_model_timeout: int = field(default=120, metadata=_NONNEG)
     job_queue_size: int = field(default=100, metadata=_POS)
     number_of_gpu: int | None = field(default=None, metadata=_OPT_NONNEG)  # None: all visible
+    # trioserve's own: recycle a worker past this many requests / this RSS (0: never); a model's
+    # yaml maxRequestsPerWorker / maxWorkerRssMb beats them.
+    max_requests_per_worker: int = field(default=0, metadata=_NONNEG)
+    max_worker_rss_mb: int = field(default=0, metadata=_NONNEG)
     number_of_netty_threads: int = field(default=0, metadata=_NONNEG)
     netty_client_threads: int = field(default=0, metadata=_NONNEG)
     max_request_size: int = field(default=6553500, metadata=_POS)

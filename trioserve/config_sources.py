@@ -1,9 +1,9 @@
 """Configuration sources: a properties or TOML file, env vars and CLI flags, folded in order of
 precedence into one :class:`~trioserve.config.Config` by :func:`load_config`.
 
-Sans-IO except for finding and reading the one chosen config file: ``environ`` and ``cwd`` are
-passed in. Each value's origin (``file:…``, ``toml:…``, ``env:TS_…``, ``cli:--…``) is recorded in
-``Config.sources`` for ``trioserve config --effective``.
+Sans-IO except for finding and reading the one chosen config file: ``environ``, ``cwd`` and the
+snapshot directory are passed in. Each value's origin (``file:…``, ``toml:…``, ``snapshot:…``,
+``env:TS_…``, ``cli:--…``) is recorded in ``Config.sources`` for ``trioserve config --effective``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import javaproperties
 
 from trioserve.config import Config, parse_value
 from trioserve.errors import ConfigError
+from trioserve.models import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,25 @@ def _substitute(key: str, value: str, environ: Mapping[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ loading
-def _choose_file(environ: Mapping[str, str], cwd: Path, ts_config: str | None) -> Path | None:
-    # §5.1 minus snapshots: TS_CONFIG_FILE, then --ts-config, then ./config.properties.
+def _choose_file(
+    environ: Mapping[str, str], cwd: Path, ts_config: str | None, snapshot_dir: Path | None
+) -> tuple[Path | None, bool]:
+    """The file to read and whether it is a config snapshot (contract §5.1): TS_CONFIG_FILE,
+    then --ts-config, then the latest snapshot in ``snapshot_dir``, then ./config.properties."""
     if environ.get("TS_CONFIG_FILE"):
         named, by = environ["TS_CONFIG_FILE"], "TS_CONFIG_FILE"
     elif ts_config is not None:
         named, by = ts_config, "--ts-config"
     else:
+        latest = None if snapshot_dir is None else snapshot.latest_in(cwd / snapshot_dir)
+        if latest is not None:
+            return latest, True
         local = cwd / "config.properties"
-        return local if local.is_file() else None
+        return (local if local.is_file() else None), False
     path = cwd / named  # an absolute name replaces cwd
     if not path.is_file():
         raise ConfigError(f"{by} file not found: {named}")
-    return path
+    return path, False
 
 
 def _read_file(path: Path) -> tuple[dict[str, str], str]:
@@ -119,21 +126,32 @@ def load_config(
     workflow_store: str | None = None,
     enable_model_api: bool = False,
     disable_token_auth: bool = False,
+    snapshot_dir: Path | None = None,
 ) -> Config:
     """Fold file, CLI flags and env vars (precedence low to high) into a Config.
 
     ``environ`` and ``cwd`` are passed in rather than read so callers and tests control them.
     ``enable_model_api`` and ``disable_token_auth`` can only switch their setting one way.
 
+    ``snapshot_dir`` is where config snapshots live (``{LOG_LOCATION|logs}/config``, relative
+    to ``cwd``), or None for ``--ncs``. With no TS_CONFIG_FILE and no ``--ts-config`` the latest
+    snapshot there is the file, and ./config.properties is not read. Explicit command-line
+    arguments are never overridden by a snapshot: ``--model-store`` is where its archives are
+    looked up, and ``--models`` replaces its models (its ``model_snapshot`` is dropped, whichever
+    file it came from, so ``load_models`` applies).
+
     Raises:
         ConfigError: a named file is missing or unreadable, a ``$$NAME$$`` has no env var, or a
             value is invalid (the message names key, value, what is allowed and the source).
     """
-    path = _choose_file(environ, cwd, ts_config)
+    path, from_snapshot = _choose_file(environ, cwd, ts_config, snapshot_dir)
     raw: dict[str, tuple[str, str]] = {}  # key -> (text, source)
     unknown: dict[str, str] = {}
     if path is not None:
         values, source = _read_file(path)
+        if from_snapshot:
+            source = f"snapshot:{path}"
+            log.info("configuration restored from snapshot %s", path)
         for key, text in values.items():
             if key in _KEYS:
                 raw[key] = (_substitute(key, text, environ), source)
@@ -154,6 +172,8 @@ def load_config(
     for key, (value, flag) in flags.items():
         if value is not None:
             raw[key] = (value, f"cli:{flag}")
+    if models and raw.pop("model_snapshot", None) is not None:
+        log.info("--models given: the models of the config snapshot are not restored")
 
     def from_file(key: str) -> bool:
         # Only the file can set these two (§5.2 `*`), so `raw` holds the file's value if any.

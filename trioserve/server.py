@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import ssl
 import tempfile
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from trioserve.api.dispatch import make_handler
-from trioserve.api.register import RegisterParams, register
+from trioserve.api.dispatch import make_admission, make_handler
+from trioserve.api.register import RUNTIMES, RegisterParams, register
 from trioserve.api.state import ServerState
 from trioserve.config import Address, Config
-from trioserve.errors import ConfigError, ServeError
-from trioserve.http.connection import Drain, Handler, Limits, serve_connection
+from trioserve.errors import ConfigError, ModelNotFound, ServeError
+from trioserve.grpc.server import serve_grpc
+from trioserve.http.connection import Admit, Drain, Handler, Limits, serve_connection
 from trioserve.http.routing import INFERENCE, MANAGEMENT, METRICS
-from trioserve.models import store
+from trioserve.models import snapshot, store
 from trioserve.models.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -111,15 +115,30 @@ def _remote(stream: trio.abc.Stream) -> str:
 
 
 def _on_connection(
-    handler: Handler, limits: Limits, drain: Drain
+    handler: Handler, limits: Limits, drain: Drain, admit: Admit
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     async def on_connection(stream: trio.abc.Stream) -> None:
-        await serve_connection(stream, handler, limits, _remote(stream), drain)
+        await serve_connection(stream, handler, limits, _remote(stream), drain, admit)
 
     return on_connection
 
 
 async def _load_startup_models(state: ServerState) -> None:
+    """Restore the models of a config snapshot when the configuration holds one, else load
+    ``load_models``; then write the ``startup`` snapshot.
+
+    Raises:
+        ConfigError: a snapshot's model cannot be restored (the start fails; see
+            :func:`_restore_models`). A ``load_models`` entry that fails is logged and skipped.
+    """
+    if state.config.model_snapshot is not None:
+        await _restore_models(state, state.config.model_snapshot)
+    else:
+        await _load_models(state)
+    await state.snapshot("startup")
+
+
+async def _load_models(state: ServerState) -> None:
     config = state.config
     spec = (config.load_models or "").strip()
     if not spec or spec.lower() == "standalone":
@@ -148,6 +167,87 @@ async def _load_startup_models(state: ServerState) -> None:
         logger.info("loading model %s version %s from %s", model.name, model.version, url)
 
 
+def _restore_source(mar_name: str, model_store: str, where: str) -> tuple[str, bool]:
+    """The url to register a snapshot's ``marName`` from, and whether it is the model store's
+    copy of a download (which a restore reuses rather than download again).
+
+    Raises:
+        ConfigError: a local archive is missing, naming ``where`` and the file looked for.
+    """
+    if store.is_remote(mar_name):
+        parsed = urllib.parse.urlparse(mar_name)
+        copy = os.path.basename(urllib.parse.unquote(parsed.path))  # where fetch put it
+        return (copy, True) if copy and (Path(model_store) / copy).is_file() else (mar_name, False)
+    try:
+        store.resolve_local(mar_name, model_store)  # what register resolves it to, checked early
+    except ModelNotFound:
+        missing = mar_name if Path(mar_name).is_absolute() else str(Path(model_store) / mar_name)
+        raise ConfigError(f"cannot restore {where}: archive not found: {missing}") from None
+    return mar_name, False
+
+
+async def _restore_models(state: ServerState, model_snapshot: dict[str, Any]) -> None:
+    """Register every version a config snapshot records from ``model_store/{marName}`` with its
+    saved workers, batching and timeouts, then its saved default version (contract §5.4).
+
+    Every archive is checked before any worker starts, and any failure stops the start: a
+    partial restore would write a startup snapshot without the missing models and so lose them
+    for every later restart.
+
+    Raises:
+        ConfigError: naming the snapshot, the model, the version and the cause.
+    """
+    config = state.config
+    source = f"config snapshot {config.config_file or '(model_snapshot)'}"
+    plan = snapshot.restore_plan(model_snapshot, source)
+    if not plan:
+        logger.info("%s has no models", source)
+        return
+    if config.model_store is None:
+        raise ConfigError(f"cannot restore {source}: there is no model_store")
+    sources = {
+        (name, version): _restore_source(
+            saved.mar_name, config.model_store, f"model {name} version {version} from {source}"
+        )
+        for name, versions in plan.items()
+        for version, saved in versions.items()
+    }
+    for name, versions in plan.items():
+        for version, saved in versions.items():
+            where = f"model {name} version {version} from {source}"
+            url, reused_download = sources[(name, version)]
+            runtime = saved.runtime_type if saved.runtime_type in RUNTIMES else None
+            params = RegisterParams(
+                url=url,
+                model_name=name,
+                runtime=runtime,
+                batch_size=saved.batch_size,
+                max_batch_delay=saved.max_batch_delay,
+                initial_workers=saved.min_workers,
+                response_timeout=saved.response_timeout,
+                startup_timeout=saved.startup_timeout,
+            )
+            try:
+                model, _, _ = await register(state, params)
+            except ServeError as exc:
+                raise ConfigError(f"cannot restore {where}: {exc.message}") from exc
+            if model.version != version:
+                raise ConfigError(
+                    f"cannot restore {where}: {saved.mar_name} now holds version {model.version}"
+                )
+            if reused_download:
+                model.url, model.downloaded = saved.mar_name, True
+            low = model.settings.min_workers if saved.min_workers is None else saved.min_workers
+            high = max(low, saved.max_workers if saved.max_workers is not None else low)
+            if (model.settings.min_workers, model.settings.max_workers) != (low, high):
+                model.scale(low, high)  # model-config.yaml workers win at register, not here
+            logger.info("restored model %s version %s from %s", name, version, saved.mar_name)
+        default = next((v for v, saved in versions.items() if saved.default), None)
+        if default is not None:
+            state.registry.set_default(name, default)
+        state.startup_models.append(name)
+
+
 async def _wait_for_signals(cancel: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -160,12 +260,17 @@ async def serve(
     config: Config,
     *,
     handle_signals: bool = True,
+    snapshot_dir: Path | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or ``Running.shutdown``), then drain and stop.
 
+    Config snapshots are written into ``snapshot_dir`` (None: none are): after startup, after
+    each management change and, after a clean drain, on the way out.
+
     Error handling: a listener that cannot bind raises (the start fails); a model that fails to
-    load at startup is logged and skipped.
+    load at startup is logged and skipped; a snapshot's model that cannot be restored raises
+    ConfigError (the start fails).
     """
     extract_root = Path(tempfile.mkdtemp(prefix="trioserve-models-"))
     running = Running()
@@ -173,7 +278,7 @@ async def serve(
     running.shutdown = listen_scope.cancel
     async with trio.open_nursery() as root:
         registry = Registry(root, config.initial_worker_port)
-        state = ServerState(config, registry, extract_root)
+        state = ServerState(config, registry, extract_root, snapshot_dir=snapshot_dir)
         running.state = state
         limits = Limits(max_request_size=config.max_request_size)
         drain = Drain()
@@ -189,11 +294,16 @@ async def serve(
                         listeners_nursery.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                _on_connection(handler, limits, drain),
+                                _on_connection(handler, limits, drain, make_admission(state, apis)),
                                 listeners,
                                 handler_nursery=connections,
                             )
                         )
+                    # gRPC lives beside the connections: it drains with them, under their
+                    # deadline, once the listeners are cancelled.
+                    grpc = await connections.start(partial(serve_grpc, state))
+                    running.ports.update(grpc.ports)
+                    listeners_nursery.start_soon(grpc.stop_when_cancelled)
                     if handle_signals:
                         listeners_nursery.start_soon(_wait_for_signals, listen_scope.cancel)
                     await _load_startup_models(state)
@@ -205,6 +315,8 @@ async def serve(
             drain.begin()
             connections.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT_S
             await _drain_models(state)
+        # Every connection is done and every model still registered: what a restart restores.
+        await state.snapshot("shutdown")
         root.cancel_scope.cancel()
     import shutil
 

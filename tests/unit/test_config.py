@@ -127,6 +127,65 @@ def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
         load(tmp_path, environ={"TS_CONFIG_FILE": "/no/such"})
 
 
+SNAPSHOT_MODELS = (
+    '{"name": "s", "modelCount": 1, "created": 0, "models": {"m": {"1.0": {"marName": "m.mar"}}}}'
+)
+
+
+def write_snapshot_file(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return write(directory / name, text)
+
+
+def test_lookup_order_with_snapshots(tmp_path: Path) -> None:
+    """TS_CONFIG_FILE, then --ts-config, then the latest snapshot, then ./config.properties."""
+    snapshots = tmp_path / "logs" / "config"
+    write_snapshot_file(snapshots, "20260101000000000-shutdown.cfg", "job_queue_size=4\n")
+    newest = write_snapshot_file(snapshots, "20260102000000000-startup.cfg", "job_queue_size=5\n")
+    write(snapshots / "20260103000000000-notes.cfg", "job_queue_size=6\n")  # not a snapshot
+    env_file = write(tmp_path / "env.properties", "job_queue_size=1\n")
+    flag_file = write(tmp_path / "flag.properties", "job_queue_size=2\n")
+    write(tmp_path / "config.properties", "job_queue_size=3\n")
+    rel = Path("logs/config")  # relative to cwd, as $LOG_LOCATION may be
+
+    environ = {"TS_CONFIG_FILE": str(env_file)}
+    assert load(tmp_path, environ=environ, snapshot_dir=rel).job_queue_size == 1
+    assert load(tmp_path, ts_config=str(flag_file), snapshot_dir=rel).job_queue_size == 2
+    config = load(tmp_path, snapshot_dir=rel)
+    assert (config.job_queue_size, config.config_file) == (5, str(newest))
+    assert config.sources["job_queue_size"] == f"snapshot:{newest}"
+    assert load(tmp_path, snapshot_dir=None).job_queue_size == 3  # --ncs: never read
+    assert load(tmp_path, snapshot_dir=tmp_path / "empty").job_queue_size == 3
+
+
+def test_a_snapshot_replaces_config_properties_entirely(tmp_path: Path) -> None:
+    snapshots = tmp_path / "snaps"
+    write_snapshot_file(snapshots, "20260101000000000-snapshot.cfg", "model_store=/snap\n")
+    config = load(tmp_path, "job_queue_size=lots\ndebug=true\n", snapshot_dir=snapshots)
+    assert (config.model_store, config.job_queue_size, config.debug) == ("/snap", 100, False)
+
+
+def test_cli_arguments_win_over_a_snapshot(tmp_path: Path) -> None:
+    snapshots = tmp_path / "snaps"
+    text = f"model_store=/snap\nmodel_snapshot={SNAPSHOT_MODELS}\n"
+    write_snapshot_file(snapshots, "20260101000000000-snapshot.cfg", text)
+    restored = load(tmp_path, snapshot_dir=snapshots)
+    assert restored.model_store == "/snap"
+    assert restored.model_snapshot is not None
+    assert restored.model_snapshot["models"] == {"m": {"1.0": {"marName": "m.mar"}}}
+    moved = load(tmp_path, snapshot_dir=snapshots, model_store="/cli")
+    assert (moved.model_store, moved.workflow_store) == ("/cli", "/cli")
+    assert moved.model_snapshot == restored.model_snapshot  # restored from /cli
+    replaced = load(tmp_path, snapshot_dir=snapshots, models=["other.mar"])
+    assert (replaced.model_snapshot, replaced.load_models) == (None, "other.mar")
+
+
+def test_models_flag_drops_model_snapshot_from_a_named_file_too(tmp_path: Path) -> None:
+    named = write(tmp_path / "x-snapshot.cfg", f"model_snapshot={SNAPSHOT_MODELS}\n")
+    assert load(tmp_path, ts_config=str(named)).model_snapshot is not None
+    assert load(tmp_path, ts_config=str(named), models=["all"]).model_snapshot is None
+
+
 # ------------------------------------------------------------------------------ precedence
 
 

@@ -94,6 +94,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
             "trioserve/config.py",
             "trioserve/config_sources.py",
             "trioserve/models/manifest.py",
+            "trioserve/models/snapshot.py",
             "backend/wire.py",
         ),
         ("trio", "socket", "ssl", "h11"),

@@ -63,8 +63,8 @@ def make_admission(
             return None
         try:
             model = state.registry.resolve(found.params["model"], found.params.get("version"))
-        except ServeError as exc:
-            return exc
+        except ServeError:
+            return None  # unknown model: answered after the body, as TorchServe does
         if not model.live_workers() or model.statistics().remaining_capacity <= 0:
             return ServiceUnavailable(no_worker_message(model.name, found.params.get("version")))
         return None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 import trio
 
@@ -35,10 +36,13 @@ def is_healthy(state: ServerState) -> bool:
     return True
 
 
+def health(state: ServerState) -> tuple[str, int]:
+    """The /ping status text and its HTTP status (gRPC Ping answers OK with the text)."""
+    return ("Healthy", 200) if is_healthy(state) else ("Unhealthy", 500)
+
+
 async def ping(state: ServerState, request: Request) -> Response:
-    if is_healthy(state):
-        return status_response("Healthy")
-    return status_response("Unhealthy", 500)
+    return status_response(*health(state))
 
 
 async def api_description(state: ServerState, request: Request) -> Response:
@@ -62,10 +66,17 @@ def _response(result: pb.Response) -> tuple[int, str | None, str | None, list[tu
     return result.status or 200, result.reason or None, result.content_type or None, headers
 
 
-async def run_job(
+async def start_job(
     model: ModelVersion, job: Job, url_version: str | None
-) -> Response | StreamingResponse:
-    """Queue a job and turn its outcome into a response; a cancelled wait drops the job."""
+) -> tuple[str, pb.Response]:
+    """Queue a job on a model version and wait for its first outcome: the transport-neutral
+    core of a prediction, shared by REST and gRPC. Returns the outcome's kind ("final", or
+    "chunk" when the handler streams: read the rest with :func:`later_chunks`) and the
+    response. A cancelled wait drops the job (a queued one is never run).
+
+    Raises:
+        ServeError: no worker or a full queue (503), or the worker's error for this job.
+    """
     model.submit_nowait(job, url_version=url_version)
     kind, value = await job.first_outcome(
         model.name,
@@ -74,11 +85,7 @@ async def run_job(
     )
     if isinstance(value, ServeError):
         raise value
-    status, reason, content_type, headers = _response(value)
-    if kind == "final":
-        return Response(status, value.body, content_type, headers, reason)
-    chunks = _stream(job, value.body, model.settings.response_timeout + ANSWER_GRACE_S)
-    return StreamingResponse(status, chunks, content_type, headers, reason)
+    return kind, value
 
 
 def queue_timeout(model: ModelVersion) -> float:
@@ -88,8 +95,18 @@ def queue_timeout(model: ModelVersion) -> float:
     return client_ms / 1000 if client_ms > 0 else DEFAULT_QUEUE_TIMEOUT_S
 
 
-async def _stream(job: Job, first: bytes, chunk_timeout: float) -> AsyncIterator[bytes]:
-    yield first
+def stream_chunk_timeout(model: ModelVersion) -> float:
+    """How long a streamed response may go quiet between two chunks."""
+    return model.settings.response_timeout + ANSWER_GRACE_S
+
+
+async def later_chunks(job: Job, chunk_timeout: float) -> AsyncGenerator[pb.Response, None]:
+    """The chunks a streaming handler sends after the first, the final response last; closing
+    the iterator early drops the job.
+
+    Raises:
+        ServeError: the worker failed mid-stream, or ``chunk_timeout`` passed with no chunk.
+    """
     try:
         while True:
             outcome: Outcome | None = None
@@ -99,12 +116,23 @@ async def _stream(job: Job, first: bytes, chunk_timeout: float) -> AsyncIterator
                 raise InternalServerError(f"streamed response of job {job.request_id} stalled")
             kind, value = outcome
             if isinstance(value, ServeError):
-                # The head is out already: raising makes the connection end without the final
-                # chunk, which is how the client learns the body is incomplete.
                 raise value
-            yield value.body
+            yield value
             if kind == "final":
                 return
+    finally:
+        if not job.done:
+            job.cancelled = True
+
+
+async def _stream(job: Job, first: bytes, chunk_timeout: float) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        # A ServeError raised here comes after the head is out: the connection ends without
+        # the final chunk, which is how the client learns the body is incomplete.
+        async with aclosing(later_chunks(job, chunk_timeout)) as chunks:
+            async for chunk in chunks:
+                yield chunk.body
     finally:
         if not job.done:
             job.cancelled = True
@@ -120,7 +148,13 @@ async def predict(
 ) -> Response | StreamingResponse:
     target = state.registry.resolve(model, version)
     command = pb.EXPLAIN if explain else pb.PREDICT
-    return await run_job(target, _job(request, command, explain, rest), version)
+    job = _job(request, command, explain, rest)
+    kind, value = await start_job(target, job, version)
+    status, reason, content_type, headers = _response(value)
+    if kind == "final":
+        return Response(status, value.body, content_type, headers, reason)
+    chunks = _stream(job, value.body, stream_chunk_timeout(target))
+    return StreamingResponse(status, chunks, content_type, headers, reason)
 
 
 async def explain(

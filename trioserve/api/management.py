@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -12,7 +14,7 @@ from backend.wire import pb
 from trioserve.api import openapi
 from trioserve.api.inference import queue_timeout
 from trioserve.api.register import RegisterParams, int_param, register, true_param
-from trioserve.api.state import ServerState
+from trioserve.api.state import ServerState, snapshot_after
 from trioserve.errors import (
     BadRequest,
     InternalServerError,
@@ -25,6 +27,7 @@ from trioserve.http.request import Request
 from trioserve.http.response import Response, json_response, status_response
 from trioserve.models import store
 from trioserve.models.archive import remove_extraction
+from trioserve.models.gpu import gpu_usage
 from trioserve.models.job import Job
 from trioserve.models.model import ModelVersion
 from trioserve.models.worker import WorkerState, WorkerSupervisor
@@ -32,39 +35,53 @@ from trioserve.models.worker import WorkerState, WorkerSupervisor
 logger = logging.getLogger(__name__)
 
 
-async def register_model(state: ServerState, request: Request) -> Response:
-    if not state.config.enable_model_api:
-        raise MethodNotAllowed()
-    params = RegisterParams.from_request(request)
+@dataclass(frozen=True)
+class StatusReply:
+    """What a management call that changes models answers: REST sends ``{"status": text}``
+    with ``code``; gRPC sends the text (any 2xx code is OK there)."""
+
+    text: str
+    code: int = 200
+
+
+# The transport-neutral cores below are what REST (the route functions further down) and gRPC
+# (trioserve/grpc/) both call; each transport only parses its parameters and renders the result.
+
+
+@snapshot_after
+async def register_version(state: ServerState, params: RegisterParams) -> StatusReply:
+    """Register a model version and start its workers (contract §2.2)."""
     model, started, ready = await register(state, params)
     prefix = f'Model "{model.name}" Version: {model.version}'
     if started == 0:
-        return status_response(
+        return StatusReply(
             f"{prefix} registered with 0 initial workers. "
             "Use scale workers API to add workers for the model."
         )
     if ready < 0:
-        return status_response("Processing worker updates...", 202)
+        return StatusReply("Processing worker updates...", 202)
     if ready == 0:
         await _unregister(state, model)
         raise InternalServerError(
             f"Failed to start workers for model {model.name} version: {model.version}"
         )
     if ready < started:
-        return status_response("Workers scaling in progress...", 206)
-    return status_response(f"{prefix} registered with {ready} initial workers")
+        return StatusReply("Workers scaling in progress...", 206)
+    return StatusReply(f"{prefix} registered with {ready} initial workers")
 
 
-async def scale_workers(
-    state: ServerState, request: Request, model: str, version: str | None = None
-) -> Response:
-    version = version or request.param("model_version")
+@snapshot_after
+async def scale(
+    state: ServerState,
+    model: str,
+    version: str | None,
+    min_workers: int,
+    max_workers: int | None,
+    synchronous: bool,
+) -> StatusReply:
+    """Set a version's min/max workers and start or stop workers to match (contract §2.3);
+    ``max_workers`` None means ``min_workers``."""
     target = state.registry.resolve(model, version)
-    min_raw = request.param("min_worker")
-    min_workers = int_param(min_raw) if min_raw is not None else 1
-    if min_workers is None:
-        min_workers = 1
-    max_workers = int_param(request.param("max_worker"))
     if max_workers is None:
         max_workers = min_workers
     if max_workers < min_workers:
@@ -73,8 +90,8 @@ async def scale_workers(
         raise InternalServerError(f"min_worker cannot be negative: {min_workers}")
     before = target.live_workers()
     started = target.scale(min_workers, max_workers)
-    if not true_param(request.param("synchronous")):
-        return status_response("Processing worker updates...", 202)
+    if not synchronous:
+        return StatusReply("Processing worker updates...", 202)
     retired = [w for w in before if w.retiring]
     ready, _ = await target.wait_workers(started)
     # A synchronous scale-down answers once the retired workers' processes are gone (a busy one
@@ -87,9 +104,9 @@ async def scale_workers(
             f"Failed to start workers for model {model} version: {version or 'null'}"
         )
     if ready < len(started):
-        return status_response("Workers scaling in progress...", 206)
+        return StatusReply("Workers scaling in progress...", 206)
     suffix = f", version: {version}" if version else ""
-    return status_response(f"Workers scaled to {min_workers} for model: {model}{suffix}")
+    return StatusReply(f"Workers scaled to {min_workers} for model: {model}{suffix}")
 
 
 async def _wait_stopped(workers: list[WorkerSupervisor]) -> None:
@@ -112,15 +129,15 @@ def _worker_json(worker: Any) -> dict[str, Any]:
         "status": "READY" if ready else "UNLOADING",
         "memoryUsage": memory,
         "pid": worker.pid,
-        "gpu": False,
-        "gpuUsage": "N/A",
+        "gpu": worker.gpu_id >= 0,
+        "gpuUsage": gpu_usage(worker.gpu_id, os.environ),
     }
 
 
 def describe_json(model: ModelVersion) -> dict[str, Any]:
     s = model.settings
     stats = model.statistics()
-    return {
+    body: dict[str, Any] = {
         "modelName": model.name,
         "modelVersion": model.version,
         "modelUrl": model.url,
@@ -136,6 +153,10 @@ def describe_json(model: ModelVersion) -> dict[str, Any]:
         "parallelType": s.parallel_type,
         "parallelLevel": s.parallel_level,
         "deviceType": s.device_type,
+    }
+    if s.device_ids is not None:
+        body["deviceIds"] = list(s.device_ids)
+    body |= {
         "continuousBatching": False,
         "useJobTicket": False,
         "useVenv": False,
@@ -156,10 +177,11 @@ def describe_json(model: ModelVersion) -> dict[str, Any]:
             "pendingRequests": stats.queued,
         },
     }
+    return body
 
 
-async def _customized(model: ModelVersion, request: Request) -> str | None:
-    job = Job(request.request_id, [], [("describe", "True")], pb.DESCRIBE)
+async def _customized(model: ModelVersion, request_id: str) -> str | None:
+    job = Job(request_id, [], [("describe", "True")], pb.DESCRIBE)
     try:
         model.submit_nowait(job)
     except ServiceUnavailable:
@@ -180,41 +202,37 @@ async def _customized(model: ModelVersion, request: Request) -> str | None:
     return text
 
 
-async def describe_model(
-    state: ServerState, request: Request, model: str, version: str | None = None
-) -> Response:
+async def describe(
+    state: ServerState, model: str, version: str | None, *, customized: bool, request_id: str
+) -> list[dict[str, Any]]:
+    """The describe array (contract §2.4): one version, the default, or "all"; ``customized``
+    asks a worker for the handler's metadata (job ``request_id``)."""
     if version == "all":
         state.registry.resolve(model)
-        return json_response(
-            [describe_json(v) for v in state.registry.models[model].sorted_versions()]
-        )
+        return [describe_json(v) for v in state.registry.models[model].sorted_versions()]
     target = state.registry.resolve(model, version)
     body = describe_json(target)
-    if true_param(request.param("customized")):
-        metadata = await _customized(target, request)
+    if customized:
+        metadata = await _customized(target, request_id)
         if metadata is not None:
             # The docs define customizedMetadata as the handler's output as a JSON string.
             body["customizedMetadata"] = metadata
-    return json_response([body])
+    return [body]
 
 
-def _page_param(value: str | None, default: int) -> int:
-    parsed = int_param(value)
-    return default if parsed is None else parsed
-
-
-async def list_models(state: ServerState, request: Request) -> Response:
-    limit = _page_param(request.param("limit"), 100)
+def list_page(state: ServerState, limit: int, offset: int) -> dict[str, Any]:
+    """One page of the default versions, sorted by name (contract §2.5); a limit over 100 or
+    negative is 100, a negative offset 0."""
     if limit > 100 or limit < 0:
         limit = 100
-    offset = max(_page_param(request.param("next_page_token"), 0), 0)
+    offset = max(offset, 0)
     models = state.registry.defaults()
     page = models[offset : offset + limit]
     body: dict[str, Any] = {}
     if offset + limit <= len(models):
         body["nextPageToken"] = str(offset + limit)
     body["models"] = [{"modelName": m.name, "modelUrl": m.url} for m in page]
-    return json_response(body)
+    return body
 
 
 async def _unregister(state: ServerState, model: ModelVersion) -> None:
@@ -234,21 +252,79 @@ async def _unregister(state: ServerState, model: ModelVersion) -> None:
         raise RequestTimeout(f"Timed out while cleaning resources: {model.name}")
 
 
+@snapshot_after
+async def unregister_version(state: ServerState, model: str, version: str | None) -> StatusReply:
+    """Remove a version (None: the default) and stop its workers (contract §2.6)."""
+    target = state.registry.remove(model, version)
+    await _unregister(state, target)
+    return StatusReply(f'Model "{model}" unregistered')
+
+
+@snapshot_after
+async def set_default_version(state: ServerState, model: str, version: str) -> StatusReply:
+    state.registry.set_default(model, version)
+    return StatusReply(f'Default version successfully updated for model "{model}" to "{version}"')
+
+
+# REST route functions: parse the request, call the core, render JSON.
+
+
+async def register_model(state: ServerState, request: Request) -> Response:
+    if not state.config.enable_model_api:
+        raise MethodNotAllowed()
+    reply = await register_version(state, RegisterParams.from_request(request))
+    return status_response(reply.text, reply.code)
+
+
+async def scale_workers(
+    state: ServerState, request: Request, model: str, version: str | None = None
+) -> Response:
+    min_raw = request.param("min_worker")
+    min_workers = int_param(min_raw) if min_raw is not None else 1
+    reply = await scale(
+        state,
+        model,
+        version or request.param("model_version"),
+        1 if min_workers is None else min_workers,
+        int_param(request.param("max_worker")),
+        true_param(request.param("synchronous")),
+    )
+    return status_response(reply.text, reply.code)
+
+
+async def describe_model(
+    state: ServerState, request: Request, model: str, version: str | None = None
+) -> Response:
+    customized = true_param(request.param("customized"))
+    body = await describe(
+        state, model, version, customized=customized, request_id=request.request_id
+    )
+    return json_response(body)
+
+
+def _page_param(value: str | None, default: int) -> int:
+    parsed = int_param(value)
+    return default if parsed is None else parsed
+
+
+async def list_models(state: ServerState, request: Request) -> Response:
+    limit = _page_param(request.param("limit"), 100)
+    offset = _page_param(request.param("next_page_token"), 0)
+    return json_response(list_page(state, limit, offset))
+
+
 async def unregister_model(
     state: ServerState, request: Request, model: str, version: str | None = None
 ) -> Response:
     if not state.config.enable_model_api:
         raise MethodNotAllowed()
-    target = state.registry.remove(model, version)
-    await _unregister(state, target)
-    return status_response(f'Model "{model}" unregistered')
+    reply = await unregister_version(state, model, version)
+    return status_response(reply.text, reply.code)
 
 
 async def set_default(state: ServerState, request: Request, model: str, version: str) -> Response:
-    state.registry.set_default(model, version)
-    return status_response(
-        f'Default version successfully updated for model "{model}" to "{version}"'
-    )
+    reply = await set_default_version(state, model, version)
+    return status_response(reply.text, reply.code)
 
 
 async def management_api_description(state: ServerState, request: Request) -> Response:

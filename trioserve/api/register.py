@@ -20,6 +20,7 @@ from trioserve.http.request import Request
 from trioserve.models import store
 from trioserve.models.archive import ModelArchive, open_archive, remove_extraction
 from trioserve.models.model import ModelSettings, ModelVersion
+from trioserve.models.recycling import RecyclePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,12 @@ def resolve_settings(
     """Combine register parameters, model-config.yaml, the ``models`` JSON and defaults.
 
     Precedence: explicit parameter > model-config.yaml > ``models`` JSON > server default.
-    (TorchServe lets the yaml timeouts beat explicit parameters; we let the caller win.)
+    (TorchServe lets the yaml timeouts beat explicit parameters; we let the caller win.) The
+    device comes from the server's GPUs and the yaml's ``deviceType`` / ``deviceIds``; the
+    recycling limits from the yaml, else the server-wide config keys.
     """
     config = state.config
+    gpus = state.registry.gpus(config.number_of_gpu)
     yaml = archive.model_config
     json_cfg: dict[str, Any] = dict(config.models.get(name, {}).get(version, {}))
 
@@ -163,8 +167,17 @@ def resolve_settings(
         client_timeout_ms=yaml.client_timeout_ms,
         parallel_type=yaml.parallel_type or "",
         parallel_level=yaml.parallel_level,
-        device_type="cpu",
+        device_type=gpus.device_type(yaml.device_type),
+        device_ids=gpus.valid_device_ids(yaml.device_ids),
+        recycling=RecyclePolicy(
+            max_requests=_or(yaml.max_requests_per_worker, config.max_requests_per_worker),
+            max_rss_mb=_or(yaml.max_worker_rss_mb, config.max_worker_rss_mb),
+        ),
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _derive_name(path: Path) -> str:
@@ -204,6 +217,8 @@ async def register(
         version = archive.manifest.model_version or "1.0"
         state.registry.check_free(name, version)
         settings = resolve_settings(state, params, archive, name, version, at_startup=at_startup)
+        gpus = state.registry.gpus(config.number_of_gpu)
+        devices = gpus.for_model(settings.device_type, settings.device_ids)
         model = ModelVersion(
             name,
             version,
@@ -211,6 +226,7 @@ async def register(
             archive,
             settings,
             next_worker_id=state.registry.next_worker_id,
+            next_gpu_id=devices.next_gpu_id,
             decode_input_request=config.decode_input_request,
             envelope=config.service_envelope or archive.manifest.envelope or "",
             limit_max_image_pixels=config.limit_max_image_pixels,

@@ -130,6 +130,12 @@ def _of(kind: type, what: str) -> Callable[[str, object], object]:
 _int, _bool, _str = _of(int, "an integer"), _of(bool, "true or false"), _of(str, "a string")
 
 
+def _nonneg(key: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _bad(key, "an integer >= 0", value)
+    return value
+
+
 def _ints(key: str, value: object) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
@@ -171,6 +177,10 @@ class ModelConfig:
     sequence_timeout_ms: int = _key("sequenceTimeoutMSec", _int, 0)
     max_sequence_job_queue_size: int = _key("maxSequenceJobQueueSize", _int, 1)
     max_num_sequence: int = _key("maxNumSequence", _int, 1)
+    # trioserve's own (not TorchServe's): recycle a worker past these; 0 = off, unset = the
+    # server's max_requests_per_worker / max_worker_rss_mb (models/recycling.py).
+    max_requests_per_worker: int | None = _key("maxRequestsPerWorker", _nonneg)
+    max_worker_rss_mb: int | None = _key("maxWorkerRssMb", _nonneg)
     raw: Mapping[str, object] = field(default_factory=dict, hash=False)
 
     @classmethod

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -14,7 +15,9 @@ from backend.wire import MAX_FRAME_BYTES, pb
 from trioserve.errors import ServeError, ServiceUnavailable
 from trioserve.models.archive import ModelArchive
 from trioserve.models.batching import Asker, Batcher
+from trioserve.models.gpu import CPU, NO_GPU
 from trioserve.models.job import Job
+from trioserve.models.recycling import RecyclePolicy
 from trioserve.models.worker import WorkerState, WorkerSupervisor
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,9 @@ class ModelSettings:
     client_timeout_ms: int = 0
     parallel_type: str = ""
     parallel_level: int = 0
-    device_type: str = "cpu"
+    device_type: str = CPU
+    device_ids: tuple[int, ...] | None = None  # yaml deviceIds, when valid
+    recycling: RecyclePolicy = field(default_factory=RecyclePolicy)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class ModelVersion:
         settings: ModelSettings,
         *,
         next_worker_id: Any,
+        next_gpu_id: Callable[[], int] = lambda: NO_GPU,
         decode_input_request: bool = True,
         envelope: str = "",
         limit_max_image_pixels: bool = True,
@@ -102,6 +108,7 @@ class ModelVersion:
         self.max_response_size = max_response_size
         self.max_frame_bytes = result_frame_limit(settings.batch_size, max_response_size)
         self._next_worker_id = next_worker_id
+        self._next_gpu_id = next_gpu_id  # a worker keeps its GPU for life, restarts included
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[Job](settings.job_queue_size)
         self.batches_send, self.batches = trio.open_memory_channel[list[Job]](0)
         # Each idle worker puts itself here; the batcher skips asks gone stale.
@@ -225,7 +232,7 @@ class ModelVersion:
                 w for w in self.workers if w.state not in (WorkerState.STOPPED, WorkerState.FAILED)
             ]
             for _ in range(min_workers - len(live)):
-                worker = WorkerSupervisor(self, self._next_worker_id())
+                worker = WorkerSupervisor(self, self._next_worker_id(), self._next_gpu_id())
                 self.workers.append(worker)
                 self._nursery.start_soon(worker.run)
                 started.append(worker)

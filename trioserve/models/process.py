@@ -68,7 +68,8 @@ def was_killed(returncode: int | None) -> bool:
 
 
 def backend_command(fd: int) -> list[str]:
-    return [sys.executable, "-m", "backend", "--fd", str(fd)]
+    # The worker exits once this process is gone; it needs our pid to tell (backend/__main__.py).
+    return [sys.executable, "-m", "backend", "--fd", str(fd), "--parent-pid", str(os.getpid())]
 
 
 def backend_env(model_dir: str, *, decode_input_request: bool) -> dict[str, str]:

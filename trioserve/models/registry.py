@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass, field
 
 import trio
 
 from trioserve.errors import Conflict, InvalidModelVersion, ModelNotFound, ModelVersionNotFound
+from trioserve.models.gpu import GpuAssigner, count_visible_gpus, gpus_to_use, log_gpus
 from trioserve.models.model import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,18 @@ class Registry:
         # reachable, so a concurrent register of the same pair is refused instead of
         # overwriting (and leaking) this one.
         self._adding: set[tuple[str, str]] = set()
+        self._gpus: GpuAssigner | None = None
+
+    def gpus(self, number_of_gpu: int | None) -> GpuAssigner:
+        """The server-wide GPU assigner (contract §8.4), shared by every model. Made on the first
+        call, which counts the visible GPUs and logs how many are used; later calls return it
+        (``number_of_gpu`` is the server's config value, the same on every call)."""
+        if self._gpus is None:
+            visible = count_visible_gpus(os.environ)
+            used = gpus_to_use(number_of_gpu, visible)
+            log_gpus(used, visible)
+            self._gpus = GpuAssigner(used)
+        return self._gpus
 
     def next_worker_id(self) -> int:
         # Worker ids are never reused, so logs and metrics keep naming one worker.

@@ -2,7 +2,8 @@
 the model over its channel, runs batches.
 
 Lifecycle (one table, below): STARTING -> READY <-> BUSY; any failure -> RESTARTING (back-off)
--> STARTING; a failed load, or failing for longer than ``maxRetryTimeoutInSec``, -> FAILED;
+-> STARTING, and a worker due for recycling (``models/recycling.py``) BUSY -> RESTARTING ->
+STARTING at once; a failed load, or failing for longer than ``maxRetryTimeoutInSec``, -> FAILED;
 retirement -> STOPPED. A batch in flight when the process dies, runs past ``response_timeout``
 or answers with a body over ``max_response_size`` fails with "Worker died." (507 after a
 SIGKILL, as for TorchServe's exit code 137); the process is killed and started again. A batch
@@ -24,6 +25,7 @@ from backend.wire import FrameDecoder, FrameError, encode_frame, pb
 from trioserve.errors import BackendError, ServeError, WorkerDied
 from trioserve.models.job import Job
 from trioserve.models.process import BackendProcess, backend_env, was_killed
+from trioserve.models.recycling import recycle_reason
 
 if TYPE_CHECKING:
     from trioserve.models.model import ModelVersion
@@ -70,9 +72,10 @@ class _LoadFailed(Exception):
 
 
 class WorkerSupervisor:
-    def __init__(self, model: ModelVersion, worker_id: int) -> None:
+    def __init__(self, model: ModelVersion, worker_id: int, gpu_id: int = -1) -> None:
         self.model = model
         self.id = worker_id
+        self.gpu_id = gpu_id  # -1: CPU; kept across restarts, as the worker id is
         self.state = WorkerState.STARTING
         self.pid = -1
         self.start_time = time.time()
@@ -89,6 +92,7 @@ class WorkerSupervisor:
         self._waiting = False  # idle on the batch channel, having asked for work
         self._idle_scope = trio.CancelScope()
         self._process: BackendProcess | None = None  # this incarnation's process
+        self._served = 0  # requests this incarnation has been sent
 
     @property
     def name(self) -> str:
@@ -140,8 +144,11 @@ class WorkerSupervisor:
     async def _supervise(self) -> None:
         while not self.retiring:
             try:
-                await self._incarnation()
-                return
+                if (recycle := await self._incarnation()) is None or self.retiring:
+                    return
+                logger.info("%s: %s; replacing it with a fresh process", self.name, recycle)
+                self._set(WorkerState.STARTING)
+                continue
             except _LoadFailed as exc:
                 self.load_error = exc.args[0]
                 logger.error("%s: model load failed (%d): %s", self.name, exc.code, exc.args[0])
@@ -185,8 +192,10 @@ class WorkerSupervisor:
     def _on_process_exit(self) -> None:
         self._idle_scope.cancel()
 
-    async def _incarnation(self) -> None:
+    async def _incarnation(self) -> str | None:
+        """One process, until it fails (raises), is retired (None) or is due for recycling."""
         failure: Exception | None = None
+        recycle: str | None = None
         try:
             async with trio.open_nursery() as nursery:
                 # A fresh process object per incarnation: a death is explained by its own
@@ -204,6 +213,7 @@ class WorkerSupervisor:
                 self.pid = process.pid
                 self.start_time = time.time()
                 self._decoder = self._new_decoder()
+                self._served = 0
                 # Failures are caught inside the nursery and re-raised after it, so callers see
                 # the exception itself rather than an ExceptionGroup.
                 try:
@@ -212,7 +222,7 @@ class WorkerSupervisor:
                     self._failing_since = None
                     self._set(WorkerState.READY)
                     self.loaded.set()
-                    await self._serve_batches()
+                    recycle = await self._serve_batches()
                 except _ProcessGone as exc:
                     # Whatever the state was, this incarnation is over: describe and the
                     # statistics must not show a dead process as READY or BUSY meanwhile.
@@ -237,6 +247,7 @@ class WorkerSupervisor:
             self._stream = None
         if failure is not None:
             raise failure
+        return recycle
 
     async def _send(self, message: pb.ToWorker) -> None:
         assert self._stream is not None
@@ -272,11 +283,7 @@ class WorkerSupervisor:
         if reply.loaded.code != 200:
             raise _LoadFailed(reply.loaded.code, reply.loaded.message)
 
-    @property
-    def gpu_id(self) -> int:
-        return -1
-
-    async def _serve_batches(self) -> None:
+    async def _serve_batches(self) -> str | None:
         while not self.retiring:
             batch: list[Job] | None = None
             with trio.CancelScope() as self._idle_scope:
@@ -293,15 +300,21 @@ class WorkerSupervisor:
             if batch is None:
                 raise _ProcessGone("process exited while idle")
             self._set(WorkerState.BUSY)
-            # Only a batch that ends normally makes the worker READY again; a failure leaves
-            # it to the incarnation to mark RESTARTING.
-            await self._run_batch(batch)
+            # Only a batch that ends normally makes the worker READY again (or, due for
+            # recycling, RESTARTING); a failure leaves it to the incarnation to mark.
+            self._served += await self._run_batch(batch)
+            recycle = recycle_reason(self.model.settings.recycling, self._served, self.pid)
+            if recycle is not None:
+                self._set(WorkerState.RESTARTING)
+                return recycle
             self._set(WorkerState.READY)
+        return None
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
+    async def _run_batch(self, jobs: list[Job]) -> int:
+        """Run one batch; returns how many requests it sent to the process."""
         live = [j for j in jobs if not j.settled]
         if not live:
-            return
+            return 0
         self._batch_seq += 1
         command = cast("pb.Command", live[0].command)
         batch = pb.Batch(
@@ -326,7 +339,7 @@ class WorkerSupervisor:
                         raise _ProcessGone("worker sent an unexpected frame mid-batch")
                     self._check_response_sizes(reply.result)
                     if self._deliver(reply.result, by_id):
-                        return
+                        return len(live)
         except trio.TooSlowError:
             logger.error(
                 "%s: batch exceeded response_timeout (%d s); killing the worker",

@@ -1,0 +1,1 @@
+"""Generated gRPC code: see trioserve/_protogen.py. Do not edit."""
