@@ -22,7 +22,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def protos(session: nox.Session) -> None:
-    """Regenerate backend/_proto from protos/ (tests fail when the committed code is stale)."""
+    """Regenerate backend/_proto and trioserve/grpc/_proto from protos/ (a test fails when the
+    committed code is stale)."""
     session.run("python", "-m", "trioserve._protogen")
 
 

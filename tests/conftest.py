@@ -34,6 +34,8 @@ def make_config(model_store: Path, **overrides: Any) -> Config:
         management_address=Address("http", LOCAL, 0),
         metrics_address=Address("http", LOCAL, 0),
         model_store=str(model_store),
+        grpc_inference_port=0,
+        grpc_management_port=0,
         default_response_timeout=30,
         default_startup_timeout=60,
     )

@@ -204,7 +204,9 @@ async def test_worker_exit_mid_batch_fails_request_and_worker_restarts(
     with trio.fail_after(5):
         response = await server.inference.post("/predictions/failing", content=b"exit")
     assert response.status_code == 500
-    assert response.json() == backend_error(500, "Worker died.")
+    assert response.json() == backend_error(
+        500, "Worker died. (exit code 3; last stderr: about to exit)"
+    )
     await echo_ok(server)
 
     after = await wait_replaced(server, "failing", before["pid"])
@@ -226,7 +228,9 @@ async def test_dying_words_without_newline_are_logged_and_explain_the_death(
     await register_ok(server, "dying.mar")
     name = worker_name(await only_worker(server, "dying"), "dying")
     response = await server.inference.post("/predictions/dying", content=b"x")
-    assert response.json() == backend_error(500, "Worker died.")
+    assert response.json() == backend_error(
+        500, "Worker died. (exit code 4; last stderr: last words without a newline)"
+    )
     await wait_for_log(caplog, f"[{name}] last words without a newline")
     await wait_for_log(caplog, name, "exit code 4", "Last stderr: last words without a newline")
 
@@ -274,7 +278,7 @@ async def test_busy_worker_killed_by_sigkill_answers_507(server: Server, model_s
             await wait_until(busy, 10.0)
             os.kill(before["pid"], signal.SIGKILL)
     assert result[0].status_code == 507
-    assert result[0].json() == backend_error(507, "Worker died.")
+    assert result[0].json() == backend_error(507, "Worker died. (killed by signal SIGKILL)")
     await wait_replaced(server, "slow", before["pid"])
     good = await server.inference.post("/predictions/slow", content=b"quick")
     assert good.json()["values"] == {"body": "quick"}
@@ -293,7 +297,9 @@ async def test_response_timeout_fails_request_and_replaces_worker(
             "/predictions/slow", content=b"x", headers={"x-sleep": "5"}
         )
     assert response.status_code == 500
-    assert response.json() == backend_error(500, "Worker died.")
+    assert response.json() == backend_error(
+        500, "Worker died. (killed after exceeding response_timeout of 1 s)"
+    )
     assert 1.0 <= trio.current_time() - start < 2.5
 
     await wait_replaced(server, "slow", before["pid"])

@@ -50,6 +50,10 @@ async def terminate_then_kill(process: trio.Process) -> None:
     process.kill()
 
 
+# Stderr lines quoted to a client whose request died with the worker (the log keeps more).
+CLIENT_STDERR_LINES = 3
+
+
 def describe_exit(returncode: int | None) -> str:
     """A returncode in words: "exit code 3", "killed by signal SIGKILL", "still running"."""
     if returncode is None:
@@ -164,6 +168,15 @@ class BackendProcess:
                 await self._process.wait()
             for closed in self._pipes_closed:
                 await closed.wait()
+
+    def client_message(self, lines: int = CLIENT_STDERR_LINES) -> str:
+        """What a client whose batch died with this process is told: the contract's
+        "Worker died." followed by how (exit code or signal) and its last stderr lines."""
+        detail = describe_exit(self.returncode)
+        tail = " | ".join(list(self.stderr_tail)[-lines:])
+        return (
+            f"Worker died. ({detail}; last stderr: {tail})" if tail else f"Worker died. ({detail})"
+        )
 
     def death_message(self) -> str:
         tail = " | ".join(self.stderr_tail)

@@ -346,16 +346,25 @@ class WorkerSupervisor:
                 self.name,
                 self.model.settings.response_timeout,
             )
+            self._fail_all(
+                live,
+                WorkerDied(
+                    f"Worker died. (killed after exceeding response_timeout of "
+                    f"{self.model.settings.response_timeout} s)"
+                ),
+            )
             raise _ProcessGone(RESPONSE_TIMEOUT) from None
         except _ProcessGone:
             if delivered:
                 # The process died holding the batch. SIGKILL (the OOM killer's signal) is
                 # answered with 507, as TorchServe does for exit code 137; the wait is bounded.
                 killed = False
+                message = "Worker died."
                 if self._process is not None:
                     await self._process.wait_dead()
                     killed = was_killed(self._process.returncode)
-                self._fail_all(live, WorkerDied(code=507 if killed else 500))
+                    message = self._process.client_message()
+                self._fail_all(live, WorkerDied(message, code=507 if killed else 500))
             raise
         finally:
             if delivered:
