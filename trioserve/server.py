@@ -30,8 +30,6 @@ from trioserve.models.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-# On SIGTERM, connections get this long to finish their requests before they are cancelled.
-DRAIN_TIMEOUT_S = 30.0
 STARTED_MESSAGE = "Model server started."
 
 
@@ -278,6 +276,7 @@ async def serve(
     running.shutdown = listen_scope.cancel
     async with trio.open_nursery() as root:
         registry = Registry(root, config.initial_worker_port)
+        registry.gpus(config.number_of_gpu)  # counts the GPUs and says once how many are used
         state = ServerState(config, registry, extract_root, snapshot_dir=snapshot_dir)
         running.state = state
         limits = Limits(max_request_size=config.max_request_size)
@@ -312,8 +311,9 @@ async def serve(
                     task_status.started(running)
             # Listeners are closed: idle connections close now, busy ones finish their request
             # within a bounded time.
+            state.draining = True
             drain.begin()
-            connections.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT_S
+            connections.cancel_scope.deadline = trio.current_time() + config.drain_timeout
             await _drain_models(state)
         # Every connection is done and every model still registered: what a restart restores.
         await state.snapshot("shutdown")
@@ -324,6 +324,6 @@ async def serve(
 
 
 async def _drain_models(state: ServerState) -> None:
-    with trio.move_on_after(DRAIN_TIMEOUT_S):
+    with trio.move_on_after(state.config.drain_timeout):
         for model in state.registry.all_versions():
             await model.drain()

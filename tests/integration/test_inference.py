@@ -194,3 +194,10 @@ async def test_options_root_is_openapi(server: Server) -> None:
     assert r.json()["openapi"] == "3.0.1"
     assert "/predictions/{model_name}" in r.json()["paths"]
     validate(r.json())
+
+
+async def test_ping_reports_draining_once_shutdown_begins(server: Server) -> None:
+    server.state.draining = True  # what SIGTERM sets before the listeners close
+    response = await server.inference.get("/ping")
+    assert response.status_code == 503
+    assert response.json() == {"status": "Draining"}

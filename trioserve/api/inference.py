@@ -38,6 +38,8 @@ def is_healthy(state: ServerState) -> bool:
 
 def health(state: ServerState) -> tuple[str, int]:
     """The /ping status text and its HTTP status (gRPC Ping answers OK with the text)."""
+    if state.draining:
+        return "Draining", 503
     return ("Healthy", 200) if is_healthy(state) else ("Unhealthy", 500)
 
 

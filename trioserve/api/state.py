@@ -30,6 +30,7 @@ class ServerState:
     extract_root: Path
     hostname: str = field(default_factory=platform.node)
     startup_models: list[str] = field(default_factory=list)
+    draining: bool = False  # set on SIGTERM/SIGINT: /ping answers 503 "Draining" from then on
     # Where config snapshots are written ({LOG_LOCATION|logs}/config); None: never (--ncs, and
     # in-process servers unless they ask).
     snapshot_dir: Path | None = None
