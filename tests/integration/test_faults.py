@@ -299,3 +299,47 @@ async def test_full_queue_is_refused_from_the_head_without_reading_the_body(
 async def _queued(server: Server, name: str, count: int) -> bool:
     status = (await describe(server, name))["jobQueueStatus"]
     return status["pendingRequests"] == count  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("grace", ["0", "1"])
+async def test_scale_down_timeout_requeues_the_busy_workers_batch(
+    server: Server, model_store: Path, tmp_path: Path, grace: str
+) -> None:
+    handler_archive(model_store, "slow", FAULT_HANDLER)
+    await register(server, "slow", initial_workers="2")
+    log = tmp_path / "ran.log"
+    replies: dict[str, httpx.Response] = {}
+    oldest = (await describe(server, "slow"))["workers"][0]["id"]
+    async with trio.open_nursery() as nursery:
+
+        async def slow(tag: str) -> None:
+            replies[tag] = await server.inference.post(
+                "/predictions/slow",
+                content=tag.encode(),
+                headers={"x-log-file": str(log), "x-sleep": "2"},
+            )
+
+        nursery.start_soon(slow, "a")
+        nursery.start_soon(slow, "b")
+        await wait_until(lambda: _logged(log, "a"))
+        await wait_until(lambda: _logged(log, "b"))  # both workers are busy now
+        scaled = await server.management.put(
+            "/models/slow",
+            params={
+                "min_worker": "1",
+                "max_worker": "1",
+                "timeout": grace,
+                "synchronous": "true",
+            },
+        )
+        assert scaled.status_code == 200, scaled.text
+    # The retired (newest) worker's batch was taken from it and run again on the remaining
+    # worker: both requests are answered 200, and one body was run twice.
+    assert {k: (r.status_code, r.content) for k, r in replies.items()} == {
+        "a": (200, b"a"),
+        "b": (200, b"b"),
+    }
+    ran = (await trio.Path(log).read_text()).split()
+    assert sorted(ran) in (["a", "a", "b"], ["a", "b", "b"])
+    remaining = (await describe(server, "slow"))["workers"]
+    assert [w["id"] for w in remaining] == [oldest]

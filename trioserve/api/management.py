@@ -78,6 +78,7 @@ async def scale(
     min_workers: int,
     max_workers: int | None,
     synchronous: bool,
+    grace_s: int | None = None,
 ) -> StatusReply:
     """Set a version's min/max workers and start or stop workers to match (contract §2.3);
     ``max_workers`` None means ``min_workers``."""
@@ -89,7 +90,10 @@ async def scale(
     if min_workers < 0:
         raise InternalServerError(f"min_worker cannot be negative: {min_workers}")
     before = target.live_workers()
-    started = target.scale(min_workers, max_workers)
+    # TorchServe's scale `timeout`: -1 (or absent) waits for busy workers' batches; 0 or more
+    # re-queues a batch still running after that many seconds.
+    grace = None if grace_s is None or grace_s < 0 else float(grace_s)
+    started = target.scale(min_workers, max_workers, grace=grace)
     if not synchronous:
         return StatusReply("Processing worker updates...", 202)
     retired = [w for w in before if w.retiring]
@@ -288,6 +292,7 @@ async def scale_workers(
         1 if min_workers is None else min_workers,
         int_param(request.param("max_worker")),
         true_param(request.param("synchronous")),
+        int_param(request.param("timeout")),
     )
     return status_response(reply.text, reply.code)
 

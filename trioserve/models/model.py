@@ -219,8 +219,12 @@ class ModelVersion:
             else "",
         )
 
-    def scale(self, min_workers: int, max_workers: int) -> list[WorkerSupervisor]:
-        """Set min/max and start or retire workers; returns the workers started."""
+    def scale(
+        self, min_workers: int, max_workers: int, *, grace: float | None = None
+    ) -> list[WorkerSupervisor]:
+        """Set min/max and start or retire workers; returns the workers started. ``grace`` is
+        how long a retired busy worker may finish its batch before it is re-queued (None:
+        as long as it takes)."""
         self.settings = replace(self.settings, min_workers=min_workers, max_workers=max_workers)
         assert self._nursery is not None, "scale() before run() started"
         live = self.live_workers()
@@ -238,7 +242,7 @@ class ModelVersion:
                 started.append(worker)
         elif len(live) > max_workers:
             for worker in reversed(live[max_workers:]):
-                worker.retire()
+                worker.retire(grace)
         return started
 
     def worker_stopped(self, worker: WorkerSupervisor) -> None:

@@ -80,6 +80,7 @@ class WorkerSupervisor:
         self.pid = -1
         self.start_time = time.time()
         self.retiring = False
+        self._requeue_in_flight = False  # set by retire(grace): a killed batch is run again
         self.loaded = trio.Event()  # set once the first load settles (success or failure)
         self.stopped = trio.Event()  # set once run() has ended (the process is reaped)
         self.load_error: str | None = None
@@ -107,11 +108,21 @@ class WorkerSupervisor:
             )
         self.state = state
 
-    def retire(self) -> None:
-        """Stop after the batch in flight, or now if idle."""
+    def retire(self, grace: float | None = None) -> None:
+        """Stop after the batch in flight, or now if idle.
+
+        ``grace`` (scale's ``timeout``): None waits for the batch however long it takes (within
+        response_timeout); otherwise a batch still running after ``grace`` seconds is taken
+        from this worker and queued again at the head of the line, and the process killed.
+        """
         self.retiring = True
         if self.state is not WorkerState.BUSY:
             self.cancel_scope.cancel()
+        elif grace is not None:
+            self._requeue_in_flight = True
+            self.cancel_scope.deadline = min(
+                self.cancel_scope.deadline, trio.current_time() + max(grace, 0.0)
+            )
 
     @property
     def waiting_for_work(self) -> bool:
@@ -367,7 +378,11 @@ class WorkerSupervisor:
                 self._fail_all(live, WorkerDied(message, code=507 if killed else 500))
             raise
         finally:
-            if delivered:
+            if delivered and self._requeue_in_flight:
+                # Retired past its scale-down grace: the process is killed, but the jobs did
+                # nothing wrong; another worker runs them.
+                self.model.requeue([j for j in live if not j.done])
+            elif delivered:
                 # Timed out, or cancelled mid-batch (the model version or the server is
                 # stopping): the process is killed, so nobody else will answer these jobs.
                 self._fail_all(live, WorkerDied())
