@@ -343,3 +343,90 @@ async def test_scale_down_timeout_requeues_the_busy_workers_batch(
     assert sorted(ran) in (["a", "a", "b"], ["a", "b", "b"])
     remaining = (await describe(server, "slow"))["workers"]
     assert [w["id"] for w in remaining] == [oldest]
+
+
+SEGFAULT_HANDLER = """
+import ctypes
+
+def handle(data, context):
+    if data is None:
+        return None
+    if bytes(data[0].get("body") or b"") == b"segv":
+        ctypes.string_at(0)
+    return [bytes(row.get("body") or b"") for row in data]
+"""
+
+
+async def test_segfault_mid_batch_under_load(server: Server, model_store: Path) -> None:
+    handler_archive(model_store, "faulty", SEGFAULT_HANDLER)
+    await register(server, "faulty")
+
+    async def fault() -> None:
+        with trio.fail_after(5):
+            reply = await server.inference.post("/predictions/faulty", content=b"segv")
+        assert reply.status_code == 500
+        assert reply.json()["message"].startswith("Worker died. (killed by signal SIGSEGV")
+
+    ledger = await Load(server, "faulty").run(fault)
+    check(ledger, {200, 500})
+
+
+async def test_unregister_under_load_answers_everything(server: Server, model_store: Path) -> None:
+    handler_archive(model_store, "faulty", FAULT_HANDLER)
+    handler_archive(model_store, "other", FAULT_HANDLER)
+    await register(server, "faulty")
+    await register(server, "other", initial_workers="1")
+    other = Load(server, "other", clients=2)
+    doomed = Load(server, "faulty", clients=3, headers={"x-sleep": "0.01"})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other.run, _noop)
+
+        async def unregister() -> None:
+            deleted = await server.management.delete("/models/faulty")
+            assert deleted.status_code == 200, deleted.text
+
+        async def until_gone() -> None:
+            # The doomed load ends once the model is gone: keep the ledger, stop sending.
+            with trio.fail_after(CLIENT_LIMIT_S):
+                await doomed.progress.wait()
+            await unregister()
+            doomed.stop.set()
+
+        async with trio.open_nursery() as inner:
+            for _ in range(doomed.clients):
+                inner.start_soon(doomed._client)
+            inner.start_soon(until_gone)
+    # Requests in flight during the unregister drain are answered 200; later ones 404 (model
+    # gone) or 503 (stopping): never a hang or a dropped connection.
+    check(doomed.ledger, {200, 404, 503})
+    check(other.ledger, {200})
+
+
+async def _noop() -> None:
+    return None
+
+
+STARTUP_HANDLER = """
+import time
+
+def handle(data, context):
+    if data is None:
+        time.sleep(30)
+    return data
+"""
+
+
+async def test_startup_timeout_bounds_the_model_load(server: Server, model_store: Path) -> None:
+    handler_archive(model_store, "slowstart", STARTUP_HANDLER)
+    with trio.fail_after(15):
+        response = await server.management.post(
+            "/models",
+            params={
+                "url": "slowstart.mar",
+                "initial_workers": "1",
+                "synchronous": "true",
+                "startup_timeout": "1",
+            },
+        )
+    assert response.status_code == 500
+    assert response.json()["message"] == "Failed to start workers for model slowstart version: 1.0"
