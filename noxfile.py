@@ -3,6 +3,10 @@ from the pinned local wheel), so create and activate the venv first as README.md
 
 from __future__ import annotations
 
+import importlib.util
+import tempfile
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -31,3 +35,31 @@ def protos(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Load scenarios against a real server; prints figures, asserts nothing."""
     session.run("python", "-m", "bench.run", *session.posargs)
+
+
+@nox.session(python=False)
+def fuzz(session: nox.Session) -> None:
+    """Each fuzz target for a bounded time (seconds: the first argument, default 60), under
+    atheris when it is installed (``pip install atheris``), else the ``--smoke`` fallback.
+    Corpus entries atheris finds go to a scratch directory, never into fuzz/corpus/; a crash
+    fails the session and libFuzzer names the file it wrote the input to."""
+    seconds = int(session.posargs[0]) if session.posargs else 60
+    scratch = Path(tempfile.mkdtemp(prefix="trioserve-fuzz-"))
+    atheris = importlib.util.find_spec("atheris") is not None
+    for target in sorted(Path("fuzz").glob("fuzz_*.py")):
+        name = target.stem.removeprefix("fuzz_")
+        if not atheris:
+            session.run("python", str(target), "--smoke", "1000000000", "--seconds", str(seconds))
+            continue
+        work = scratch / name
+        work.mkdir()
+        session.run(
+            "python",
+            str(target),
+            str(work),
+            f"fuzz/corpus/{name}",
+            f"-max_total_time={seconds}",
+            "-timeout=10",  # an input this slow is a denial of service: report it
+            f"-artifact_prefix={scratch}/{name}-",
+            "-print_final_stats=1",
+        )

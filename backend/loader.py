@@ -37,9 +37,13 @@ def _import(module_name: str, model_dir: str) -> ModuleType:
     local = os.path.join(model_dir, module_name + ".py")
     if os.path.exists(local) or os.path.isdir(os.path.join(model_dir, module_name)):
         return importlib.import_module(module_name)
+    default = f"{DEFAULT_HANDLER_PACKAGE}.{module_name}"
     try:
-        return importlib.import_module(f"{DEFAULT_HANDLER_PACKAGE}.{module_name}")
-    except ModuleNotFoundError:
+        return importlib.import_module(default)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing != default and not default.startswith(missing + "."):
+            raise  # a default handler is there but misses a package of its own: say which
         return importlib.import_module(module_name)
 
 
@@ -60,11 +64,14 @@ def load_handler(handler: str, model_dir: str, context: Context) -> LoadedHandle
         return LoadedHandler(function, None)
     if function_name:
         raise ValueError(f"module {module_name} has no function {function_name}")
-    classes = [
-        cls
-        for _, cls in inspect.getmembers(module, inspect.isclass)
-        if cls.__module__ == module.__name__
-    ]
+    # dict.fromkeys: a class bound to two names (an alias) is still one class.
+    classes = list(
+        dict.fromkeys(
+            cls
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+            if cls.__module__ == module.__name__
+        )
+    )
     if len(classes) != 1:
         raise ValueError(
             f"expected exactly one handler class in module {module_name}, found {len(classes)}"

@@ -17,6 +17,7 @@ from typing import Any
 
 from backend import codec
 from backend.context import Context, RequestProcessor
+from backend.handlers import compat
 from backend.loader import LoadedHandler, load_handler
 from backend.metrics import MetricsCache
 from backend.util import PredictionException
@@ -67,6 +68,7 @@ class Worker:
         yaml_config = json.loads(load.model_yaml_json) if load.model_yaml_json else {}
         self.decode = load.decode_input_request
         metrics = MetricsCache(load.model_name)
+        metrics.prefill(json.loads(load.model_metrics_json) if load.model_metrics_json else [])
         self.context = Context(
             load.model_name,
             load.model_dir,
@@ -211,6 +213,7 @@ class Worker:
 
 
 def run(fd: int) -> int:
+    compat.install()  # `import ts...` in TorchServe handlers, unless a real ts is installed
     sock = socket.socket(fileno=fd)
     try:
         return Worker(Channel(sock)).serve()

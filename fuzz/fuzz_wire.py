@@ -10,13 +10,12 @@ Run under atheris (``python fuzz/fuzz_wire.py [atheris/libFuzzer flags]``) or, w
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import random
 import sys
 from collections.abc import Iterable
 from typing import Any
 
+import _harness
 from google.protobuf.message import Message
 
 from backend.wire import FrameDecoder, FrameError, encode_frame, pb
@@ -98,35 +97,23 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
-def generate(rng: random.Random) -> bytes:
+def generate(rng: random.Random, pool: list[bytes]) -> bytes:
     if rng.random() < 0.2:
         payload = rng.randbytes(rng.randint(0, 64))
         return len(payload).to_bytes(4, "big") + payload
-    return mutate(rng, rng.choice(SEEDS))
+    return mutate(rng, rng.choice(pool))
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--smoke", type=int, metavar="N", help="check N generated inputs")
-    parser.add_argument("--seed", type=int, default=0)
-    args, rest = parser.parse_known_args(argv[1:])
-    if args.smoke is not None:
-        rng = random.Random(args.seed)
-        for seed in SEEDS:
-            check(seed)
-        for _ in range(args.smoke):
-            check(generate(rng))
-        print(f"{args.smoke} inputs (+{len(SEEDS)} seeds) kept the contract")
-        return 0
-    try:
-        atheris: Any = importlib.import_module("atheris")
-    except ImportError:
-        print("atheris is not installed; run with --smoke N instead", file=sys.stderr)
-        return 2
-    atheris.instrument_all()
-    atheris.Setup([argv[0], *rest], check)
-    atheris.Fuzz()
-    return 0
+    return _harness.main(
+        argv,
+        name="wire",
+        doc=__doc__ or "",
+        check=check,
+        seeds=SEEDS,
+        mutate=mutate,
+        generate=generate,
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The ``trioserve`` command: run, start, stop, config."""
+"""The ``trioserve`` command: run, start, stop, config, archive."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import logging.config
 import os
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import trio
 
-from trioserve import __version__
+from trioserve import __version__, archiver
+from trioserve.auth import KEY_FILE
 from trioserve.config import Config
 from trioserve.config_sources import load_config
 from trioserve.errors import ConfigError
@@ -58,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the effective configuration")
     server_flags(cfg)
     cfg.add_argument("--effective", action="store_true", help="every key, value and source")
+    archiver.add_arguments(
+        sub.add_parser("archive", help="write a model archive (torch-model-archiver's flags)")
+    )
     return parser
 
 
@@ -205,8 +210,15 @@ def _healthy(config: Config) -> bool:
     host = address.host if address.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
+    ping = urllib.request.Request(f"http://{host}:{address.port}/ping")
+    if not config.disable_token_authorization:  # /ping needs the inference key (§0.6)
+        try:
+            key = json.loads((Path.cwd() / KEY_FILE).read_text())["inference"]["key"]
+            ping.add_header("Authorization", f"Bearer {key}")
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
     try:
-        with urllib.request.urlopen(f"http://{host}:{address.port}/ping", timeout=5) as reply:
+        with urllib.request.urlopen(ping, timeout=5) as reply:
             return bool(reply.status == 200)
     except (OSError, ValueError):
         return False
@@ -230,6 +242,7 @@ def _stop() -> int:
         print(f"trioserve (pid {pid}) did not stop within {STOP_TIMEOUT_S:.0f} s", file=sys.stderr)
         return 1
     PID_FILE.unlink(missing_ok=True)
+    (Path.cwd() / KEY_FILE).unlink(missing_ok=True)  # as `torchserve --stop` does (§0.6)
     print("trioserve has stopped.")
     return 0
 
@@ -245,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return _start(args, argv)
         if args.command == "stop":
             return _stop()
+        if args.command == "archive":
+            return archiver.main(args)
         if args.command == "config":
             config = load_config(
                 environ=os.environ,

@@ -209,6 +209,16 @@ _NO_ENV_BOOL = _m(_Kind("true or false (case-insensitive)", _parse_bool), env=Fa
 _NO_ENV_TEXT = _m(_opt(_Kind("a string", str)), env=False)
 
 
+def _parse_seconds(text: str) -> float:
+    # Plain decimals only ("2", "0.5"): what a hand-built value renders back to, too.
+    if not re.fullmatch(r"[0-9]{1,9}(?:\.[0-9]{1,9})?", text) or float(text) <= 0:
+        raise ValueError
+    return float(text)
+
+
+_SECONDS = _m(_Kind("a number of seconds > 0", _parse_seconds))
+
+
 def _all_default() -> Mapping[str, str]:
     return MappingProxyType(dict.fromkeys(_KINDS, "default"))
 
@@ -281,6 +291,14 @@ class Config:
     netty_client_threads: int = field(default=0, metadata=_NONNEG)
     max_request_size: int = field(default=6553500, metadata=_POS)
     max_response_size: int = field(default=6553500, metadata=_POS)
+    # trioserve's own: what one HTTP client may hold (docs/limits.md; http/limits.py says why).
+    http_max_header_bytes: int = field(default=65536, metadata=_POS)  # larger: 431
+    http_header_timeout: float = field(default=10.0, metadata=_SECONDS)  # from its first byte
+    http_body_timeout: float = field(default=30.0, metadata=_SECONDS)  # + 1 s per 16 KiB read
+    http_keepalive_timeout: float = field(default=30.0, metadata=_SECONDS)
+    http_write_timeout: float = field(default=30.0, metadata=_SECONDS)  # per 64 KiB sent
+    http_max_connections: int = field(default=1000, metadata=_POS)  # per listener; then 503
+    http_max_requests_per_connection: int = field(default=1000, metadata=_POS)
     limit_max_image_pixels: bool = field(default=True, metadata=_BOOL)
     allowed_urls: tuple[str, ...] = field(
         default=("file://.*", "http(s)?://.*"),
@@ -296,6 +314,8 @@ class Config:
     metrics_mode: str = field(
         default="prometheus", metadata=_m(_choice("log", "prometheus", "legacy"))
     )
+    # The docs' key (§5.3.12): the /metrics format; prometheus is the only one.
+    metrics_format: str = field(default="prometheus", metadata=_m(_choice("prometheus")))
     metrics_config: str | None = field(default=None, metadata=_OPT_TEXT)  # None: built-in yaml
     model_metrics_auto_detect: bool = field(default=False, metadata=_BOOL)
     disable_system_metrics: bool = field(default=False, metadata=_BOOL)

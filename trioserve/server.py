@@ -20,12 +20,18 @@ import trio
 from trioserve.api.dispatch import make_admission, make_handler
 from trioserve.api.register import RUNTIMES, RegisterParams, register
 from trioserve.api.state import ServerState
+from trioserve.auth import TokenAuth, start_token_auth
 from trioserve.config import Address, Config
 from trioserve.errors import ConfigError, ModelNotFound, ServeError
 from trioserve.grpc.server import serve_grpc
-from trioserve.http.connection import Admit, Drain, Handler, Limits, serve_connection
+from trioserve.http.connection import Admit, Handler, serve_connection
+from trioserve.http.limits import ConnectionGate, Drain, Limits
 from trioserve.http.routing import INFERENCE, MANAGEMENT, METRICS
+from trioserve.metrics.registry import ServerMetrics
+from trioserve.metrics.spec import load_spec
+from trioserve.metrics.system import run_system_sampler
 from trioserve.models import snapshot, store
+from trioserve.models.gpu import visible_device_entries
 from trioserve.models.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -68,7 +74,15 @@ def _ssl_context(config: Config) -> ssl.SSLContext:
             "an https:// address needs private_key_file and certificate_file (PEM files)"
         )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.certificate_file, config.private_key_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.certificate_file, config.private_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load certificate_file={config.certificate_file!r} with "
+            f"private_key_file={config.private_key_file!r}: {exc}"
+        ) from exc
+    context.set_alpn_protocols(["http/1.1"])
     return context
 
 
@@ -113,10 +127,10 @@ def _remote(stream: trio.abc.Stream) -> str:
 
 
 def _on_connection(
-    handler: Handler, limits: Limits, drain: Drain, admit: Admit
+    handler: Handler, limits: Limits, drain: Drain, admit: Admit, gate: ConnectionGate
 ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
     async def on_connection(stream: trio.abc.Stream) -> None:
-        await serve_connection(stream, handler, limits, _remote(stream), drain, admit)
+        await serve_connection(stream, handler, limits, _remote(stream), drain, admit, gate)
 
     return on_connection
 
@@ -270,6 +284,11 @@ async def serve(
     load at startup is logged and skipped; a snapshot's model that cannot be restored raises
     ConfigError (the start fails).
     """
+    metrics = _server_metrics(config)  # before anything else: a bad metrics_config stops here
+    store.warn_if_permissive(config.allowed_urls)
+    auth: TokenAuth | None = None
+    if not config.disable_token_authorization:
+        auth = start_token_auth(config.token_expiration_min, Path.cwd())
     extract_root = Path(tempfile.mkdtemp(prefix="trioserve-models-"))
     running = Running()
     listen_scope = trio.CancelScope()
@@ -277,15 +296,30 @@ async def serve(
     async with trio.open_nursery() as root:
         registry = Registry(root, config.initial_worker_port)
         registry.gpus(config.number_of_gpu)  # counts the GPUs and says once how many are used
-        state = ServerState(config, registry, extract_root, snapshot_dir=snapshot_dir)
+        state = ServerState(
+            config, registry, extract_root, snapshot_dir=snapshot_dir, metrics=metrics
+        )
+        metrics.watch(registry.all_versions)
+        if not config.disable_system_metrics:
+            root.start_soon(
+                partial(
+                    run_system_sampler,
+                    metrics,
+                    config.metric_time_interval,
+                    visible_gpus=visible_device_entries(os.environ),
+                    number_of_gpu=registry.gpus(config.number_of_gpu).number_of_gpu,
+                )
+            )
         running.state = state
-        limits = Limits(max_request_size=config.max_request_size)
+        limits = Limits.from_config(config)
         drain = Drain()
         async with trio.open_nursery() as connections:
             with listen_scope:
                 async with trio.open_nursery() as listeners_nursery:
                     for address, apis in _listener_groups(config):
-                        handler = make_handler(state, apis)
+                        handler = make_handler(state, apis, auth)
+                        admit = make_admission(state, apis, auth)
+                        gate = ConnectionGate(limits.max_connections)  # one per listener
                         listeners = await _open_listeners(address, config)
                         port = _bound_port(listeners[0]) if listeners else 0
                         for api in apis:
@@ -293,14 +327,14 @@ async def serve(
                         listeners_nursery.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                _on_connection(handler, limits, drain, make_admission(state, apis)),
+                                _on_connection(handler, limits, drain, admit, gate),
                                 listeners,
                                 handler_nursery=connections,
                             )
                         )
                     # gRPC lives beside the connections: it drains with them, under their
                     # deadline, once the listeners are cancelled.
-                    grpc = await connections.start(partial(serve_grpc, state))
+                    grpc = await connections.start(partial(serve_grpc, state, auth))
                     running.ports.update(grpc.ports)
                     listeners_nursery.start_soon(grpc.stop_when_cancelled)
                     if handle_signals:
@@ -321,6 +355,21 @@ async def serve(
     import shutil
 
     shutil.rmtree(extract_root, ignore_errors=True)
+    if auth is not None:
+        auth.remove()  # its keys die with this server
+
+
+def _server_metrics(config: Config) -> ServerMetrics:
+    """The server's metrics, from ``metrics_config`` (or the built-in YAML) and the mode.
+
+    Raises:
+        ConfigError: the metrics YAML cannot be read or is malformed.
+    """
+    return ServerMetrics(
+        load_spec(config.metrics_config),
+        mode=config.metrics_mode,
+        auto_detect=config.model_metrics_auto_detect,
+    )
 
 
 async def _drain_models(state: ServerState) -> None:

@@ -45,7 +45,7 @@ class Request(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ...) -> None: ...
 
 class Load(_message.Message):
-    __slots__ = ("model_name", "model_version", "model_dir", "handler", "batch_size", "gpu_id", "envelope", "limit_max_image_pixels", "decode_input_request", "manifest_json", "model_yaml_json")
+    __slots__ = ("model_name", "model_version", "model_dir", "handler", "batch_size", "gpu_id", "envelope", "limit_max_image_pixels", "decode_input_request", "manifest_json", "model_yaml_json", "model_metrics_json")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class Load(_message.Message):
     DECODE_INPUT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     MODEL_YAML_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     model_dir: str
@@ -68,7 +69,8 @@ class Load(_message.Message):
     decode_input_request: bool
     manifest_json: str
     model_yaml_json: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_dir: _Optional[str] = ..., handler: _Optional[str] = ..., batch_size: _Optional[int] = ..., gpu_id: _Optional[int] = ..., envelope: _Optional[str] = ..., limit_max_image_pixels: _Optional[bool] = ..., decode_input_request: _Optional[bool] = ..., manifest_json: _Optional[str] = ..., model_yaml_json: _Optional[str] = ...) -> None: ...
+    model_metrics_json: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_dir: _Optional[str] = ..., handler: _Optional[str] = ..., batch_size: _Optional[int] = ..., gpu_id: _Optional[int] = ..., envelope: _Optional[str] = ..., limit_max_image_pixels: _Optional[bool] = ..., decode_input_request: _Optional[bool] = ..., manifest_json: _Optional[str] = ..., model_yaml_json: _Optional[str] = ..., model_metrics_json: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("batch_id", "command", "requests")

@@ -318,11 +318,17 @@ def test_env_reference_substitution(tmp_path: Path) -> None:
 
 def test_unknown_key_warns_and_is_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="trioserve.config_sources"):
-        config = load(tmp_path, "metrics_format=prometheus\njob_queue_size=3\n")
-    assert config.unknown == {"metrics_format": "prometheus"}
+        config = load(tmp_path, "metrics_colour=blue\njob_queue_size=3\n")
+    assert config.unknown == {"metrics_colour": "blue"}
     assert config.job_queue_size == 3
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
-    assert "metrics_format" in caplog.records[0].getMessage()
+    assert "metrics_colour" in caplog.records[0].getMessage()
+
+
+def test_metrics_format_is_the_docs_key_with_one_value(tmp_path: Path) -> None:
+    assert load(tmp_path, "metrics_format=Prometheus\n").metrics_format == "prometheus"
+    with pytest.raises(ConfigError, match="metrics_format"):
+        load(tmp_path, "metrics_format=json\n")
 
 
 def test_values_are_stripped_and_case_folded(tmp_path: Path) -> None:

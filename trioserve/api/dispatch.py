@@ -7,10 +7,11 @@ from typing import Any
 
 from trioserve.api import inference, management, metrics
 from trioserve.api.state import ServerState
+from trioserve.auth import InvalidKey, TokenAuth
 from trioserve.errors import ServeError, ServiceUnavailable
 from trioserve.http.request import Request
-from trioserve.http.response import Response, StreamingResponse
-from trioserve.http.routing import route
+from trioserve.http.response import JSON, Response, StreamingResponse
+from trioserve.http.routing import INFERENCE, MANAGEMENT, route
 from trioserve.models.model import no_worker_message
 
 _FUNCTIONS: dict[str, Callable[..., Awaitable[Response | StreamingResponse]]] = {
@@ -31,13 +32,23 @@ _FUNCTIONS: dict[str, Callable[..., Awaitable[Response | StreamingResponse]]] = 
 }
 
 
+# Routes that need no key on any port when token authorization is on (contract §0.6).
+_PUBLIC_ROUTES = frozenset({"api_description", "management_api_description", "metrics"})
+
+
 def make_handler(
-    state: ServerState, apis: frozenset[str]
+    state: ServerState, apis: frozenset[str], auth: TokenAuth | None = None
 ) -> Callable[[Request], Awaitable[Response | StreamingResponse]]:
     cors = _cors_headers(state)
 
     async def handle(request: Request) -> Response | StreamingResponse:
+        if auth is not None:
+            if _is_token_api(apis, request):
+                auth.refresh(request.param("type"), request.header("authorization"))
+                return Response(200, b"\n", JSON)
+            _authorize(auth, apis, request)
         found = route(apis, request.method, request.segments)
+        request.model = found.params.get("model", "")  # for the access log
         kwargs: dict[str, Any] = dict(found.params)
         response = await _FUNCTIONS[found.name](state, request, **kwargs)
         if cors:
@@ -45,16 +56,65 @@ def make_handler(
             response.headers.extend((k, v) for k, v in cors if k.lower() not in present)
         return response
 
-    return handle
+    return _counted(state, handle)
+
+
+def _counted(
+    state: ServerState, handle: Callable[[Request], Awaitable[Response | StreamingResponse]]
+) -> Callable[[Request], Awaitable[Response | StreamingResponse]]:
+    """Count every answer by status class (Requests2XX/4XX/5XX): a response by its status, a
+    ServeError by its code (the connection renders it), any other exception as the 500 it
+    becomes. A cancelled request (its client left) gets no answer and is not counted."""
+
+    async def counted(request: Request) -> Response | StreamingResponse:
+        try:
+            response = await handle(request)
+        except ServeError as exc:
+            state.metrics.http_response(exc.code)
+            raise
+        except Exception:
+            state.metrics.http_response(500)
+            raise
+        state.metrics.http_response(response.status)
+        return response
+
+    return counted
+
+
+def _is_token_api(apis: frozenset[str], request: Request) -> bool:
+    return MANAGEMENT in apis and request.segments == ("token",)
+
+
+def _authorize(auth: TokenAuth, apis: frozenset[str], request: Request) -> None:
+    """Raise InvalidKey unless the request carries the key its route's API needs: a route's own
+    API decides, so a listener shared by both APIs takes each key for its routes (0.12 asks for
+    both, contract §10.1). A path no route matches needs a key of the listener's APIs."""
+    try:
+        found = route(apis, request.method, request.segments)
+    except ServeError:
+        kinds = [api for api in (INFERENCE, MANAGEMENT) if api in apis]
+    else:
+        if found.name in _PUBLIC_ROUTES or found.api not in (INFERENCE, MANAGEMENT):
+            return
+        kinds = [found.api]
+    if kinds:
+        auth.check(kinds, request.header("authorization"))
 
 
 def make_admission(
-    state: ServerState, apis: frozenset[str]
+    state: ServerState, apis: frozenset[str], auth: TokenAuth | None = None
 ) -> Callable[[Request], ServeError | None]:
-    """Refuse a prediction from its head when its model could not queue it anyway (no worker,
-    or the queue is full), so the client is not made to upload a body for nothing."""
+    """Refuse a request from its head when it lacks its key, or a prediction when its model
+    could not queue it anyway (no worker, or the queue is full), so the client is not made to
+    upload a body for nothing."""
 
     def admit(request: Request) -> ServeError | None:
+        if auth is not None and not _is_token_api(apis, request):
+            try:
+                _authorize(auth, apis, request)
+            except InvalidKey as exc:
+                state.metrics.http_response(exc.code)
+                return exc
         try:
             found = route(apis, request.method, request.segments)
         except ServeError:
@@ -66,6 +126,8 @@ def make_admission(
         except ServeError:
             return None  # unknown model: answered after the body, as TorchServe does
         if not model.live_workers() or model.statistics().remaining_capacity <= 0:
+            request.model = model.name  # for the access log
+            state.metrics.http_response(ServiceUnavailable.http_status)
             return ServiceUnavailable(no_worker_message(model.name, found.params.get("version")))
         return None
 

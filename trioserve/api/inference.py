@@ -79,6 +79,7 @@ async def start_job(
     Raises:
         ServeError: no worker or a full queue (503), or the worker's error for this job.
     """
+    model.metrics.inference_request(url_version)
     model.submit_nowait(job, url_version=url_version)
     kind, value = await job.first_outcome(
         model.name,
@@ -87,6 +88,7 @@ async def start_job(
     )
     if isinstance(value, ServeError):
         raise value
+    model.metrics.inference_done(url_version, trio.current_time() - job.enqueued_at)
     return kind, value
 
 

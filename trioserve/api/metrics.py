@@ -1,21 +1,15 @@
-"""Metrics API: ``/metrics`` in the Prometheus text format."""
+"""Metrics API (contract §3.1): ``/metrics`` in the Prometheus text format, ``name[]`` filter."""
 
 from __future__ import annotations
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from trioserve.api.state import ServerState
 from trioserve.http.request import Request
 from trioserve.http.response import Response
-
-# The server's own metric families register here (not in prometheus-client's global registry,
-# so two servers in one process, as in tests, never share counters).
-REGISTRY_ATTR = "prometheus_registry"
+from trioserve.metrics.registry import CONTENT_TYPE
 
 
-async def metrics(state: ServerState, request: Request) -> Response:
-    registry: CollectorRegistry = getattr(state, REGISTRY_ATTR, None) or CollectorRegistry()
-    names = request.query.get("name[]")
-    if names:
-        registry = registry.restricted_registry(names)  # type: ignore[assignment]
-    return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+async def metrics(state: ServerState, request: Request, rest: str = "") -> Response:
+    """Every exposed family, or only those the repeated ``name[]`` parameters name (exact family
+    names; unknown ones ignored). An empty body in ``metrics_mode=log``."""
+    names = [n for n in request.query.get("name[]", []) if n]
+    return Response(200, state.metrics.exposition(names or None), CONTENT_TYPE)

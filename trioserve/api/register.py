@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,16 +18,22 @@ from typing import Any
 import trio
 
 from trioserve.api.state import ServerState
-from trioserve.errors import BadRequest
+from trioserve.errors import BadRequest, InternalServerError
 from trioserve.http.request import Request
 from trioserve.models import store
 from trioserve.models.archive import ModelArchive, open_archive, remove_extraction
 from trioserve.models.model import ModelSettings, ModelVersion
+from trioserve.models.process import DEPS_DIR
 from trioserve.models.recycling import RecyclePolicy
 
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("python", "python3", "LSP")
+# How long pip may take installing one archive's requirementsFile (install_py_dep_per_model):
+# a registration stuck on a slow or unreachable index must still end.
+PIP_INSTALL_TIMEOUT_S = 600.0
+# Lines of pip's output quoted in the error when an install fails (the log keeps all of it).
+PIP_TAIL_LINES = 10
 
 
 def int_param(value: Any) -> int | None:
@@ -189,6 +198,62 @@ def _derive_name(path: Path) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
 
 
+async def install_dependencies(archive: ModelArchive, name: str) -> None:
+    """``pip install --target <model_dir>/.deps -r <requirementsFile>`` for an archive that has
+    one (install_py_dep_per_model); only that model's workers get ``.deps`` on their path.
+
+    Raises:
+        BadRequest: the requirements file is missing or outside the archive, or pip failed
+            (the message quotes pip's last lines).
+        InternalServerError: pip ran past ``PIP_INSTALL_TIMEOUT_S``.
+    """
+    requirements = archive.manifest.requirements_file
+    if not requirements:
+        return
+    model_dir = archive.model_dir
+    path = model_dir / requirements
+    if not path.resolve().is_relative_to(model_dir.resolve()) or not path.is_file():
+        raise BadRequest(f"requirementsFile {requirements!r} is not in the archive of {name}.")
+    target = model_dir / DEPS_DIR
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(target),
+        "--upgrade",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--no-warn-script-location",
+        "-r",
+        str(path),
+    ]
+    logger.info("Installing the dependencies of model %s: %s", name, " ".join(command))
+    result: subprocess.CompletedProcess[bytes] | None = None
+    with trio.move_on_after(PIP_INSTALL_TIMEOUT_S):
+        result = await trio.run_process(
+            command,
+            cwd=str(model_dir),
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if result is None:
+        shutil.rmtree(target, ignore_errors=True)
+        raise InternalServerError(
+            f"Custom pip package installation for model {name} did not finish "
+            f"within {PIP_INSTALL_TIMEOUT_S:g} s."
+        )
+    output = result.stdout.decode("utf-8", "replace")
+    logger.info("pip for model %s (exit code %d):\n%s", name, result.returncode, output)
+    if result.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        tail = "\n".join([line for line in output.splitlines() if line.strip()][-PIP_TAIL_LINES:])
+        raise BadRequest(f"Custom pip package installation failed for model {name}:\n{tail}")
+
+
 async def register(
     state: ServerState, params: RegisterParams, *, at_startup: bool = False
 ) -> tuple[ModelVersion, int, int]:
@@ -216,6 +281,8 @@ async def register(
             raise BadRequest("Model name is not defined.")
         version = archive.manifest.model_version or "1.0"
         state.registry.check_free(name, version)
+        if config.install_py_dep_per_model:
+            await install_dependencies(archive, name)
         settings = resolve_settings(state, params, archive, name, version, at_startup=at_startup)
         gpus = state.registry.gpus(config.number_of_gpu)
         devices = gpus.for_model(settings.device_type, settings.device_ids)
@@ -232,6 +299,7 @@ async def register(
             limit_max_image_pixels=config.limit_max_image_pixels,
             downloaded=downloaded,
             max_response_size=config.max_response_size,
+            metrics=state.metrics.for_version(name, version),
         )
         await state.registry.add(model)
     except BaseException:

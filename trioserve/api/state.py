@@ -14,6 +14,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import trio
 
 from trioserve.config import Config
+from trioserve.metrics.registry import ServerMetrics
 from trioserve.models.registry import Registry
 from trioserve.models.snapshot import VersionState, write_snapshot
 
@@ -34,6 +35,8 @@ class ServerState:
     # Where config snapshots are written ({LOG_LOCATION|logs}/config); None: never (--ncs, and
     # in-process servers unless they ask).
     snapshot_dir: Path | None = None
+    # The server's metrics (serve() makes it from the config; the default records for nobody).
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
     _snapshot_lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
     _last_snapshot: dict[str, dict[str, VersionState]] | None = field(default=None, repr=False)
 

@@ -20,9 +20,11 @@ import trio_asyncio
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server
 
+from trioserve import auth as token_auth
 from trioserve.api.state import ServerState
 from trioserve.config import Config
 from trioserve.errors import ConfigError
+from trioserve.grpc.auth import require_key
 from trioserve.grpc.bridge import Bridge
 from trioserve.grpc.inference import InferenceService
 from trioserve.grpc.management import ManagementService
@@ -136,9 +138,13 @@ async def _close(servers: list[_Server]) -> None:
 
 
 async def serve_grpc(
-    state: ServerState, *, task_status: trio.TaskStatus[GrpcRunning] = trio.TASK_STATUS_IGNORED
+    state: ServerState,
+    auth: token_auth.TokenAuth | None = None,
+    *,
+    task_status: trio.TaskStatus[GrpcRunning] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve both gRPC APIs until ``GrpcRunning.stop`` is set, then drain and close.
+    """Serve both gRPC APIs until ``GrpcRunning.stop`` is set, then drain and close. With
+    ``auth``, every call needs its server's key (contract §0.6).
 
     Error handling: bad TLS files raise ConfigError before ``started`` (the start fails); a
     server that cannot bind is logged and left out (the rest of trioserve runs on); a failure
@@ -174,6 +180,9 @@ async def serve_grpc(
                 )
                 try:
                     server = await trio_asyncio.aio_as_trio(_make_server, loop=loop)(service)
+                    if auth is not None:
+                        kind = token_auth.INFERENCE if api == INFERENCE else token_auth.MANAGEMENT
+                        require_key(server, auth, kind)
                     await trio_asyncio.aio_as_trio(_start, loop=loop)(server, sock, context)
                 except BaseException:
                     sock.close()

@@ -1,84 +1,56 @@
 """The HTTP/1.1 connection loop: one task per connection, h11 as the protocol machine.
 
 This function owns the stream; h11 never sees it. Deadlines are cancel scopes around each wait:
-the request head, the body, the idle gap between keep-alive requests and each send.
+the request head, the body, the idle gap between keep-alive requests and each slice of a send
+(their values, and the other limits, come in ``Limits``: see http/limits.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 
 import h11
 import trio
 
-from trioserve.errors import BadRequest, InternalServerError, ServeError
-from trioserve.http.request import Request
-from trioserve.http.response import (
-    COMMON_HEADERS,
-    Response,
-    StreamingResponse,
-    error_response,
+from trioserve.errors import BadRequest, ServeError
+from trioserve.http.framing import (
+    CONTINUE,
+    HEAD_TOO_LARGE,
+    NO_BODY_STATUSES,
+    checked_head,
+    head_error,
+    head_size,
+    internal_error,
+    response_head,
 )
+from trioserve.http.limits import BODY_TIMEOUT_S as BODY_TIMEOUT_S
+from trioserve.http.limits import (
+    CLOSE_DRAIN_S,
+    MIN_BODY_RATE,
+    READ_CHUNK,
+    WRITE_SLICE,
+    refuse_connection,
+)
+from trioserve.http.limits import HEAD_TIMEOUT_S as HEAD_TIMEOUT_S
+from trioserve.http.limits import IDLE_TIMEOUT_S as IDLE_TIMEOUT_S
+from trioserve.http.limits import MAX_HEAD_BYTES as MAX_HEAD_BYTES
+from trioserve.http.limits import WRITE_TIMEOUT_S as WRITE_TIMEOUT_S
+from trioserve.http.limits import ConnectionGate as ConnectionGate
+from trioserve.http.limits import Drain as Drain
+from trioserve.http.limits import Limits as Limits
+from trioserve.http.request import Request
+from trioserve.http.response import Response, StreamingResponse, error_response
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("trioserve.access")
-
-# Node and Tomcat both cap request heads at 8-16 KiB by default; 64 KiB allows large cookies
-# and long model URLs in query strings while keeping one connection's head buffer small.
-MAX_HEAD_BYTES = 64 * 1024
-READ_CHUNK = 64 * 1024
-# A client gets this long to send a complete request head once it has started one.
-HEAD_TIMEOUT_S = 60.0
-# An idle keep-alive connection is closed after this long (a long-lived client reconnects).
-IDLE_TIMEOUT_S = 120.0
-# A request body must arrive within this long; 6.5 MB at a slow 100 kB/s takes ~65 s.
-BODY_TIMEOUT_S = 300.0
-# A client that does not read its response for this long is dropped.
-WRITE_TIMEOUT_S = 120.0
-# After our EOF, wait this long for the peer's before closing anyway.
-CLOSE_DRAIN_S = 2.0
-
-# Framing belongs to this layer: a handler's own values for these would contradict ours.
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
-# A reason phrase is written raw into the status line; anything but these is refused (RFC 9112
-# §4: HTAB, SP, VCHAR, obs-text), so a handler cannot inject a header.
-_REASON_OK = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-# Statuses whose responses carry no body (RFC 9110 §6.4.1); HEAD responses carry none either.
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-# h11 writes no reason phrase unless given one; the contract's answer is "100 Continue".
-_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 # Decides from the request head alone whether to refuse it (say, the model's queue is full), so
 # a large body is never read just to be turned away.
 Admit = Callable[[Request], ServeError | None]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_request_size: int
-
-
-class Drain:
-    """Tells every connection of a server that it is shutting down: idle keep-alive connections
-    close at once, busy ones finish the request in hand, answer it with ``connection: close``
-    and then close."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self._idle: set[trio.CancelScope] = set()
-
-    def begin(self) -> None:
-        self.draining = True
-        for scope in self._idle:
-            scope.cancel()
 
 
 class _ClientGone(Exception):
@@ -105,7 +77,8 @@ class HTTPConnection:
         self.handler = handler
         self.limits = limits
         self.remote = remote
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.requests = 0  # requests begun on this connection
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
 
     async def _read_more(self) -> None:
         try:
@@ -115,18 +88,23 @@ class HTTPConnection:
         self.conn.receive_data(bytes(data))
 
     async def _send(self, event: h11.Event) -> None:
+        """Send ``event``, a slice of at most WRITE_SLICE bytes at a time, each within
+        ``write_timeout``: a client that stops reading is dropped once the socket buffers are
+        full, however large the response."""
         data = self.conn.send(event)
         if data is None:
             return
-        with trio.move_on_after(WRITE_TIMEOUT_S) as scope:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_SLICE):
+            with trio.move_on_after(self.limits.write_timeout) as scope:
+                try:
+                    await self.stream.send_all(view[start : start + WRITE_SLICE])
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.conn.send_failed()
+                    raise _ClientGone() from exc
+            if scope.cancelled_caught:
                 self.conn.send_failed()
-                raise _ClientGone() from exc
-        if scope.cancelled_caught:
-            self.conn.send_failed()
-            raise _ClientGone()
+                raise _ClientGone()
 
     async def _next_event(self, deadline: float) -> h11.Event | type[h11.PAUSED]:
         """The next h11 event, reading as needed until ``deadline`` (trio time)."""
@@ -136,7 +114,7 @@ class HTTPConnection:
                 if event is not h11.NEED_DATA:
                     return event  # type: ignore[return-value]
                 if self.conn.they_are_waiting_for_100_continue:
-                    await self._send(_CONTINUE)
+                    await self._send(CONTINUE)
                 await self._read_more()
         raise _ClientGone()
 
@@ -151,7 +129,7 @@ class HTTPConnection:
         try:
             while True:
                 if not await self._serve_one():
-                    break
+                    break  # after `http_max_requests_per_connection` too: it said close
                 self.conn.start_next_cycle()
         except _ClientGone:
             pass
@@ -184,7 +162,7 @@ class HTTPConnection:
             if event is h11.NEED_DATA:
                 if self.drain.draining:
                     return False
-                with trio.move_on_after(IDLE_TIMEOUT_S) as idle:
+                with trio.move_on_after(self.limits.keepalive_timeout) as idle:
                     self.drain._idle.add(idle)
                     try:
                         await self._read_more()
@@ -192,12 +170,21 @@ class HTTPConnection:
                         self.drain._idle.discard(idle)
                 if idle.cancelled_caught:
                     return False
-                event = await self._next_event(trio.current_time() + HEAD_TIMEOUT_S)
-        except h11.RemoteProtocolError:
-            await self._send_simple(error_response(BadRequest("Invalid HTTP message.")), request_id)
+                # Absolute, from the head's first byte: a trickle cannot stretch it.
+                deadline = trio.current_time() + self.limits.header_timeout
+                event = await self._next_event(deadline)
+        except h11.RemoteProtocolError as exc:
+            too_large = exc.error_status_hint == HEAD_TOO_LARGE
+            await self._send_simple(head_error(too_large), request_id)
             return False
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed: the peer is gone
+        if head_size(event) > self.limits.max_header_bytes:
+            # h11 bounds only a head still incomplete; one that arrived whole in a read that
+            # took it past the limit is refused here, so the limit never depends on packets.
+            await self._send_simple(head_error(True), request_id)
+            return False
+        self.requests += 1
         start = time.perf_counter()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
         request = Request(
@@ -241,17 +228,19 @@ class HTTPConnection:
         )
 
     async def _read_body(self) -> bytes:
-        """The whole body, within one deadline (a per-read deadline lets a client trickle a
-        byte at a time forever)."""
+        """The whole body, within one deadline that only data can push back: ``body_timeout``
+        plus 1/MIN_BODY_RATE s per byte received (a per-read deadline lets a client trickle a
+        byte at a time forever; a fixed one cuts off large bodies on slow links)."""
         body = bytearray()
         limit = self.limits.max_request_size
-        deadline = trio.current_time() + BODY_TIMEOUT_S
+        deadline = trio.current_time() + self.limits.body_timeout
         while True:
             event = await self._next_event(deadline)
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > limit:
                     raise _BodyTooLarge()
+                deadline += len(event.data) / MIN_BODY_RATE
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             else:
@@ -263,7 +252,7 @@ class HTTPConnection:
         restarted for it) and the connection ends.
 
         Bytes the client sends meanwhile (a pipelined request) go to h11's buffer, up to
-        ``MAX_HEAD_BYTES``; past that we stop reading until the response is out.
+        ``max_header_bytes``; past that we stop reading until the response is out.
         """
         response: Response | StreamingResponse | None = None
         peer_gone = False
@@ -271,7 +260,9 @@ class HTTPConnection:
 
             async def watch() -> None:
                 nonlocal peer_gone
-                while len(self.conn.trailing_data[0]) < MAX_HEAD_BYTES:
+                # Counted here: h11's trailing_data copies its buffer, once is enough.
+                buffered = len(self.conn.trailing_data[0])
+                while buffered < self.limits.max_header_bytes:
                     try:
                         data = await self.stream.receive_some(READ_CHUNK)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -280,6 +271,7 @@ class HTTPConnection:
                         peer_gone = True
                         nursery.cancel_scope.cancel()
                         return
+                    buffered += len(data)
                     self.conn.receive_data(bytes(data))
 
             nursery.start_soon(watch)
@@ -296,41 +288,11 @@ class HTTPConnection:
             return error_response(exc)
         except Exception:
             logger.exception("unhandled error serving %s %s", request.method, request.target)
-            return _internal_error()
+            return internal_error()
 
-    def _head(
-        self, response: Response | StreamingResponse, request_id: str, length: int | None
-    ) -> h11.Response:
-        """The response head. Raises h11.LocalProtocolError or ValueError when the handler's
-        status, headers or reason cannot go on the wire."""
-        headers: list[tuple[str, str]] = [("x-request-id", request_id), *COMMON_HEADERS]
-        headers.extend(kv for kv in response.headers if kv[0].lower() not in _FRAMING_HEADERS)
-        if response.content_type:
-            headers.append(("content-type", response.content_type))
-        if length is not None and response.status != 204:
-            headers.append(("content-length", str(length)))
-        keep = response.status < 400 and not self.drain.draining
-        headers.append(("connection", "keep-alive" if keep else "close"))
-        reason = response.reason
-        if not reason or not _REASON_OK.fullmatch(reason):
-            try:
-                reason = HTTPStatus(response.status).phrase
-            except ValueError:
-                reason = ""
-        return h11.Response(
-            status_code=response.status,
-            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            reason=reason.encode("latin-1"),
-        )
-
-    def _checked_head(
-        self, response: Response | StreamingResponse, request_id: str, length: int | None
-    ) -> h11.Response | None:
-        try:
-            return self._head(response, request_id, length)
-        except (h11.LocalProtocolError, ValueError):
-            logger.exception("a response (status %s) is not valid HTTP", response.status)
-            return None
+    def _keep(self) -> bool:
+        """Whether a successful response leaves the connection open."""
+        return not self.drain.draining and self.requests < self.limits.max_requests_per_connection
 
     async def _send_simple(
         self, response: Response, request_id: str, *, head_only: bool = False
@@ -338,12 +300,12 @@ class HTTPConnection:
         """Send a whole response; return the status actually sent."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return response.status
-        head = self._checked_head(response, request_id, len(response.body))
+        head = checked_head(response, request_id, len(response.body), self._keep())
         if head is None:
-            response = _internal_error()
-            head = self._head(response, request_id, len(response.body))
+            response = internal_error()
+            head = response_head(response, request_id, len(response.body), False)
         await self._send(head)
-        if response.body and not head_only and response.status not in _NO_BODY_STATUSES:
+        if response.body and not head_only and response.status not in NO_BODY_STATUSES:
             await self._send(h11.Data(data=response.body))
         await self._send(h11.EndOfMessage())
         return response.status
@@ -354,11 +316,11 @@ class HTTPConnection:
         if isinstance(response, Response):
             return await self._send_simple(response, request_id, head_only=head_only)
         try:
-            head = self._checked_head(response, request_id, None)
+            head = checked_head(response, request_id, None, self._keep())
             if head is None:
-                return await self._send_simple(_internal_error(), request_id)
+                return await self._send_simple(internal_error(), request_id)
             await self._send(head)
-            no_body = head_only or response.status in _NO_BODY_STATUSES
+            no_body = head_only or response.status in NO_BODY_STATUSES
             try:
                 async for chunk in response.chunks:
                     if chunk and not no_body:
@@ -378,18 +340,15 @@ class HTTPConnection:
     def _log(self, request: Request, status: int, start: float) -> None:
         elapsed_ms = (time.perf_counter() - start) * 1000
         access_log.info(
-            '%s "%s %s HTTP/1.1" %d %.3fms %s',
+            '%s "%s %s HTTP/1.1" %d %.3fms %s %s',
             request.remote,
             request.method,
             request.target,
             status,
             elapsed_ms,
             request.request_id,
+            request.model or "-",
         )
-
-
-def _internal_error() -> Response:
-    return error_response(InternalServerError("Internal server error."))
 
 
 async def _aclose_chunks(response: StreamingResponse) -> None:
@@ -408,9 +367,21 @@ async def serve_connection(
     remote: str = "",
     drain: Drain | None = None,
     admit: Admit | None = None,
+    gate: ConnectionGate | None = None,
 ) -> None:
     """Serve HTTP/1.1 on ``stream`` until it ends; the stream is always closed on return.
 
+    ``gate`` counts the listener's connections: past its limit the connection is answered 503
+    and closed without reading a request.
+
     Resource handling: the caller's task owns the stream; this function closes it in every case.
     """
-    await HTTPConnection(stream, handler, limits, remote, drain, admit).serve()
+    if gate is not None and not gate.try_enter():
+        logger.warning("connection from %s refused: %d connections open", remote, gate.open)
+        await refuse_connection(stream)
+        return
+    try:
+        await HTTPConnection(stream, handler, limits, remote, drain, admit).serve()
+    finally:
+        if gate is not None:
+            gate.leave()

@@ -37,6 +37,7 @@ class Request:
     path: str = field(init=False)
     segments: tuple[str, ...] = field(init=False)
     query: dict[str, list[str]] = field(init=False)
+    model: str = ""  # the model a routed request names, for the access log
 
     def __post_init__(self) -> None:
         raw_path, _, raw_query = self.target.partition("?")

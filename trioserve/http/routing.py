@@ -6,7 +6,7 @@ method the route does not take is a 405; no matching path is a 404.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trioserve.errors import MethodNotAllowed, ResourceNotFound
 
@@ -18,6 +18,7 @@ ANY = frozenset({"*"})
 class Route:
     name: str
     params: dict[str, str]
+    api: str = field(default="", compare=False)  # the API the route belongs to
 
 
 # (api, pattern, methods, route name). Pattern items: literal, "{name}" (one segment),
@@ -87,7 +88,7 @@ def route(apis: frozenset[str], method: str, segments: tuple[str, ...]) -> Route
         if params is None:
             continue
         if methods is ANY or method in methods:
-            return Route(name, params)
+            return Route(name, params, api)
         path_matched = True
     if path_matched:
         raise MethodNotAllowed()

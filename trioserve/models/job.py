@@ -30,6 +30,7 @@ class Job:
     headers: list[tuple[str, str]]
     command: int = pb.PREDICT
     enqueued_at: float = 0.0
+    url_version: str | None = None  # the version the request named, for its metrics' labels
     cancelled: bool = False
     _send: trio.MemorySendChannel[Outcome] = field(init=False, repr=False)
     _recv: trio.MemoryReceiveChannel[Outcome] = field(init=False, repr=False)

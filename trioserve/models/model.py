@@ -13,6 +13,7 @@ import trio
 
 from backend.wire import MAX_FRAME_BYTES, pb
 from trioserve.errors import ServeError, ServiceUnavailable
+from trioserve.metrics.registry import VersionMetrics
 from trioserve.models.archive import ModelArchive
 from trioserve.models.batching import Asker, Batcher
 from trioserve.models.gpu import CPU, NO_GPU
@@ -94,8 +95,11 @@ class ModelVersion:
         limit_max_image_pixels: bool = True,
         downloaded: bool = False,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        metrics: VersionMetrics | None = None,
     ) -> None:
         self.name = name
+        # The server's metric hooks for this version; without a server they record nothing.
+        self.metrics = metrics if metrics is not None else VersionMetrics(None, name, version)
         self.version = version
         self.url = url
         self.archive = archive
@@ -172,6 +176,7 @@ class ModelVersion:
         if not self.live_workers():
             raise ServiceUnavailable(no_worker_message(self.name, url_version))
         job.enqueued_at = trio.current_time()
+        job.url_version = url_version
         try:
             self._jobs_send.send_nowait(job)
         except trio.WouldBlock:
@@ -184,8 +189,9 @@ class ModelVersion:
         if not self.live_workers():
             self._fail_leftovers(ServiceUnavailable(no_worker_message(self.name, None)))
 
-    def observe_queue_wait(self, seconds: float) -> None:
+    def observe_queue_wait(self, seconds: float, url_version: str | None = None) -> None:
         self.last_queue_wait_s = seconds
+        self.metrics.queue_wait(url_version, seconds)
 
     def statistics(self) -> ModelStatistics:
         stats = self._jobs_send.statistics()
@@ -217,6 +223,7 @@ class ModelVersion:
             model_yaml_json=json.dumps(dict(self.archive.model_config.raw), default=str)
             if self.archive.model_config.raw
             else "",
+            model_metrics_json=self.metrics.model_metrics_json,
         )
 
     def scale(

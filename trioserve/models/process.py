@@ -76,10 +76,20 @@ def backend_command(fd: int) -> list[str]:
     return [sys.executable, "-m", "backend", "--fd", str(fd), "--parent-pid", str(os.getpid())]
 
 
+# Where register installs an archive's requirementsFile (install_py_dep_per_model): inside the
+# model's own directory, so only that model's workers see it.
+DEPS_DIR = ".deps"
+
+
 def backend_env(model_dir: str, *, decode_input_request: bool) -> dict[str, str]:
-    """The worker's environment: ours, plus the model's directory and this checkout on the path."""
+    """The worker's environment: ours, plus the model's directory (and its installed
+    dependencies, if any) and this checkout on the path."""
     env = dict(os.environ)
-    paths = [model_dir, os.getcwd()]
+    paths = [model_dir]
+    deps = os.path.join(model_dir, DEPS_DIR)
+    if os.path.isdir(deps):
+        paths.append(deps)
+    paths.append(os.getcwd())
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # trioserve/
     paths.append(os.path.dirname(package_dir))
     if env.get("PYTHONPATH"):

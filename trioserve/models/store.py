@@ -7,21 +7,32 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO
 
 import trio
 
-from trioserve.errors import DownloadArchiveError, InternalServerError, ModelNotFound
+from trioserve.errors import DownloadArchiveError, InternalServerError, ModelNotFound, ServeError
 
 logger = logging.getLogger(__name__)
 
 # Downloads larger than this are refused: an archive is extracted next, and a runaway download
 # would fill the model store's disk first.
 MAX_DOWNLOAD_BYTES = 16 * 1024**3
+# The whole download, however the server paces it; each socket read also times out after
+# READ_TIMEOUT_S, so a silent server is given up on sooner.
 DOWNLOAD_TIMEOUT_S = 600.0
+READ_TIMEOUT_S = 60.0
+_READ_SIZE = 1 << 20
+# TorchServe's default allowed_urls lets register fetch any URL the server can reach (SSRF:
+# cloud metadata, services bound to localhost, any local file). A list that admits either of
+# these is warned about at start.
+_SSRF_PROBES = ("http://169.254.169.254/latest/meta-data/", "file:///etc/shadow")
 
 
 def is_remote(url: str) -> bool:
@@ -29,8 +40,49 @@ def is_remote(url: str) -> bool:
 
 
 def check_allowed(url: str, allowed: tuple[str, ...]) -> None:
+    """Raises ModelNotFound (contract text) unless a pattern matches the whole of ``url``,
+    ignoring case, and it has no ``..`` path segment."""
     if not any(re.fullmatch(p, url, flags=re.IGNORECASE) for p in allowed):
         raise ModelNotFound(f"Given URL {url} does not match any allowed URL(s)")
+    if ".." in urllib.parse.unquote(urllib.parse.urlparse(url).path).split("/"):
+        raise ModelNotFound(f"Relative path is not allowed in url: {url}")
+
+
+def warn_if_permissive(allowed: tuple[str, ...]) -> None:
+    """Log a warning at start when ``allowed_urls`` would let register fetch anything."""
+    open_to = [u for u in _SSRF_PROBES if any(re.fullmatch(p, u, re.IGNORECASE) for p in allowed)]
+    if open_to:
+        logger.warning(
+            "allowed_urls (%s) lets model registration fetch any URL this server can reach, "
+            "e.g. %s; set allowed_urls to the model sources you trust",
+            ",".join(allowed),
+            " and ".join(open_to),
+        )
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL ``allowed_urls`` admits, checked like the first one
+    (urllib would otherwise follow any Location, to an internal host as readily as not)."""
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        try:
+            check_allowed(newurl, self.allowed)
+        except ModelNotFound:
+            fp.close()  # urllib closes the redirect's response only when it follows it
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def resolve_local(url: str, model_store: str | None) -> Path:
@@ -53,19 +105,26 @@ def resolve_local(url: str, model_store: str | None) -> Path:
     raise ModelNotFound(f"Model not found at: {url}")
 
 
-def _download(url: str, target: Path) -> None:
-    """Fetch ``url`` into a temporary file beside ``target``, then move it over ``target``."""
+def _download(url: str, target: Path, allowed: tuple[str, ...]) -> None:
+    """Fetch ``url`` into a temporary file beside ``target``, then move it over ``target``;
+    streamed, within MAX_DOWNLOAD_BYTES and DOWNLOAD_TIMEOUT_S, redirects checked."""
     tmp_fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+    opener = urllib.request.build_opener(_CheckedRedirects(allowed))
+    deadline = time.monotonic() + DOWNLOAD_TIMEOUT_S
     try:
         with (
             os.fdopen(tmp_fd, "wb") as out,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+            opener.open(url, timeout=READ_TIMEOUT_S) as response,
         ):
+            # read1: one socket read at a time, so the deadline is checked while data trickles.
+            read = getattr(response, "read1", response.read)
             total = 0
-            while chunk := response.read(1 << 20):
+            while chunk := read(_READ_SIZE):
                 total += len(chunk)
                 if total > MAX_DOWNLOAD_BYTES:
                     raise OSError(f"download larger than {MAX_DOWNLOAD_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise OSError(f"download took longer than {DOWNLOAD_TIMEOUT_S:.0f} s")
                 out.write(chunk)
         os.replace(tmp_name, target)
     except urllib.error.HTTPError as exc:
@@ -100,8 +159,6 @@ async def fetch(url: str, model_store: str | None, allowed: tuple[str, ...]) -> 
         return resolve_local(url, model_store), False
     check_allowed(url, allowed)
     parsed = urllib.parse.urlparse(url)
-    if ".." in urllib.parse.unquote(parsed.path).split("/"):
-        raise ModelNotFound(f"Relative path is not allowed in url: {url}")
     if model_store is None:
         raise ModelNotFound("Model store has not been configured.")
     # file:// URLs are copied into the store like downloads (contract §2.2), so re-registering
@@ -119,11 +176,11 @@ async def fetch(url: str, model_store: str | None, allowed: tuple[str, ...]) -> 
     except OSError as exc:
         raise DownloadArchiveError(f"Failed to download archive from: {url}") from exc
     try:
-        await trio.to_thread.run_sync(_download, url, target)
+        await trio.to_thread.run_sync(_download, url, target, allowed)
     except BaseException as exc:
         remove_download(target)
-        if not isinstance(exc, Exception):
-            raise
+        if not isinstance(exc, Exception) or isinstance(exc, ServeError):
+            raise  # a redirect allowed_urls refuses is answered like the URL it names
         logger.warning("download of %s failed: %s", url, exc)
         raise DownloadArchiveError(f"Failed to download archive from: {url}") from exc
     return target, True

@@ -158,6 +158,7 @@ class WorkerSupervisor:
                 if (recycle := await self._incarnation()) is None or self.retiring:
                     return
                 logger.info("%s: %s; replacing it with a fresh process", self.name, recycle)
+                self.model.metrics.worker_restarted("recycle")
                 self._set(WorkerState.STARTING)
                 continue
             except _LoadFailed as exc:
@@ -192,6 +193,7 @@ class WorkerSupervisor:
             delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
             self._failures += 1
             logger.info("%s: restarting in %d s", self.name, delay)
+            self.model.metrics.worker_restarted("failure")
             await trio.sleep(delay)
             self._set(WorkerState.STARTING)
 
@@ -229,6 +231,7 @@ class WorkerSupervisor:
                 # the exception itself rather than an ExceptionGroup.
                 try:
                     await self._load()
+                    self.model.metrics.worker_loaded(self.name, time.time() - self.start_time)
                     self._failures = 0
                     self._failing_since = None
                     self._set(WorkerState.READY)
@@ -334,7 +337,7 @@ class WorkerSupervisor:
         by_id = {j.request_id: j for j in live}
         now = trio.current_time()
         for job in live:
-            self.model.observe_queue_wait(now - job.enqueued_at)
+            self.model.observe_queue_wait(now - job.enqueued_at, job.url_version)
         # Until the whole frame is written the process cannot have started on the batch: if it
         # turns out dead by then (or we are cancelled), another worker can serve these jobs.
         delivered = False
@@ -350,6 +353,8 @@ class WorkerSupervisor:
                         raise _ProcessGone("worker sent an unexpected frame mid-batch")
                     self._check_response_sizes(reply.result)
                     if self._deliver(reply.result, by_id):
+                        elapsed = trio.current_time() - now
+                        self.model.metrics.batch_done(len(live), elapsed, reply.result.metrics)
                         return len(live)
         except trio.TooSlowError:
             logger.error(
