@@ -4,6 +4,7 @@ from the pinned local wheel), so create and activate the venv first as README.md
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def fuzz(session: nox.Session) -> None:
     """Each fuzz target for a bounded time (seconds: the first argument, default 60), under
     atheris when it is installed (``pip install atheris``), else the ``--smoke`` fallback.
     Corpus entries atheris finds go to a scratch directory, never into fuzz/corpus/; a crash
-    fails the session and libFuzzer names the file it wrote the input to."""
+    fails the session, and libFuzzer names the file in the scratch directory it wrote the input
+    to (make it a corpus ``crash-*`` file and a test in tests/unit/test_fuzz_regressions.py)."""
     seconds = int(session.posargs[0]) if session.posargs else 60
     scratch = Path(tempfile.mkdtemp(prefix="trioserve-fuzz-"))
     atheris = importlib.util.find_spec("atheris") is not None
@@ -62,4 +64,6 @@ def fuzz(session: nox.Session) -> None:
             "-timeout=10",  # an input this slow is a denial of service: report it
             f"-artifact_prefix={scratch}/{name}-",
             "-print_final_stats=1",
+            env={"TRIOSERVE_FUZZ_TMP": str(scratch)},
         )
+    shutil.rmtree(scratch)  # kept when a target fails: it holds the crashing input

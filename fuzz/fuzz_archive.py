@@ -15,6 +15,7 @@ import atexit
 import io
 import json
 import logging
+import os
 import random
 import shutil
 import sys
@@ -30,7 +31,9 @@ from trioserve.models.archive import open_archive, remove_extraction
 from trioserve.models.manifest import Manifest, ModelConfig
 
 logging.disable(logging.CRITICAL)  # a manifest without createdOn logs a warning
-WORK = Path(tempfile.mkdtemp(prefix="fuzz-archive-"))
+# Under atheris, libFuzzer exits without running atexit: `nox -s fuzz` points
+# TRIOSERVE_FUZZ_TMP into its scratch directory, which it removes.
+WORK = Path(tempfile.mkdtemp(prefix="fuzz-archive-", dir=os.environ.get("TRIOSERVE_FUZZ_TMP")))
 atexit.register(shutil.rmtree, WORK, True)
 SOURCE = WORK / "source"
 EXTRACT = WORK / "extract"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import random
 import shutil
 import sys
@@ -28,7 +29,9 @@ from trioserve.errors import ConfigError
 logging.disable(logging.CRITICAL)  # unknown keys and snapshots log; the fuzzer needs silence
 # re warns about a regex such as "[[a]" (a future set syntax): the user's pattern, not a bug.
 warnings.filterwarnings("ignore", category=FutureWarning)
-WORK = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
+# Under atheris, libFuzzer exits without running atexit: `nox -s fuzz` points
+# TRIOSERVE_FUZZ_TMP into its scratch directory, which it removes.
+WORK = Path(tempfile.mkdtemp(prefix="fuzz-config-", dir=os.environ.get("TRIOSERVE_FUZZ_TMP")))
 atexit.register(shutil.rmtree, WORK, True)
 # What a value may reference as $$NAME$$ (anything else is the "Invalid Environment Variable").
 ENVIRON = {"MODEL_HOME": "/srv/models", "TS_JOB_QUEUE_SIZE": "7"}
