@@ -67,6 +67,7 @@ class Context:
         model_yaml_config: dict[str, Any] | None = None,
     ) -> None:
         self.model_name = model_name
+        self.model_version = ""  # the registered version (set by the worker at load)
         self.manifest = manifest
         self._system_properties: dict[str, Any] = {
             "model_dir": model_dir,

@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from backend import codec
+from backend import codec, envelopes
 from backend.context import Context, RequestProcessor
 from backend.handlers import compat
 from backend.loader import LoadedHandler, load_handler
@@ -60,6 +60,7 @@ class Worker:
         self.handler: LoadedHandler | None = None
         self.context: Context | None = None
         self.decode = True
+        self.envelope = ""  # the model's service_envelope; a request may bring its own
         self.batch_id = 0
 
     # -- load -----------------------------------------------------------------------------
@@ -67,6 +68,7 @@ class Worker:
         manifest = json.loads(load.manifest_json) if load.manifest_json else None
         yaml_config = json.loads(load.model_yaml_json) if load.model_yaml_json else {}
         self.decode = load.decode_input_request
+        self.envelope = load.envelope if load.envelope in envelopes.ENVELOPES else ""
         metrics = MetricsCache(load.model_name)
         metrics.prefill(json.loads(load.model_metrics_json) if load.model_metrics_json else [])
         self.context = Context(
@@ -79,6 +81,7 @@ class Worker:
             metrics=metrics,
             model_yaml_config=yaml_config,
         )
+        self.context.model_version = load.model_version
         self.context.cl_socket = self.channel.sock
         self.context._send_intermediate = self._send_intermediate
         try:
@@ -146,22 +149,23 @@ class Worker:
             data = self._prepare(batch)
             ids = dict(self.context.request_ids or {})
             start = time.perf_counter()
-            outputs = self.handler.entry(data, self.context)
+            kinds = [
+                "" if batch.command == pb.DESCRIBE else (r.envelope or self.envelope)
+                for r in batch.requests
+            ]
+            outputs = envelopes.handle(self.handler.entry, data, self.context, kinds)
             elapsed_ms = (time.perf_counter() - start) * 1000
             self.context.metrics.add_time("PredictionTime", round(elapsed_ms, 2), None, "ms")
-            if not isinstance(outputs, list):
-                result.code, result.message = 503, "Invalid model predict output"
-            elif len(outputs) != len(batch.requests):
-                result.code, result.message = 503, "number of batch response mismatched"
-            else:
-                if self.context.request_processor and any(
-                    p.get_response_headers().get("ts_stream_next")
-                    for p in self.context.request_processor
-                ):
-                    for idx in range(len(outputs)):
-                        self.context.set_response_header(idx, "ts_stream_next", "false")
-                result.responses.extend(self._responses(outputs, ids))
-                result.code, result.message = 200, "Prediction success"
+            if self.context.request_processor and any(
+                p.get_response_headers().get("ts_stream_next")
+                for p in self.context.request_processor
+            ):
+                for idx in range(len(outputs)):
+                    self.context.set_response_header(idx, "ts_stream_next", "false")
+            result.responses.extend(self._responses(outputs, ids))
+            result.code, result.message = 200, "Prediction success"
+        except envelopes.OutputError as exc:
+            result.code, result.message = 503, str(exc)
         except PredictionException as exc:
             traceback.print_exc()
             result.code, result.message = exc.error_code, exc.message

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -22,47 +21,16 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
 
 import grpc
 import httpx
 
-from bench.run import EXAMPLES, LUA_POST, ROOT, free_port, parse_wrk
+from bench.common import EXAMPLES, LUA_POST, parse_wrk
+from bench.servers import TRIOSERVE, start_server
 from trioserve.grpc._proto import inference_pb2
 
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 PAYLOAD = b"hello"
-
-
-def start_server(
-    workdir: Path, ports: dict[str, int], workers: int, log: IO[str]
-) -> subprocess.Popen[bytes]:
-    config = workdir / "config.properties"
-    config.write_text(
-        f"inference_address=http://127.0.0.1:{ports['inference']}\n"
-        f"management_address=http://127.0.0.1:{ports['management']}\n"
-        f"grpc_inference_port={ports['grpc_inference']}\n"
-        f"grpc_management_port={ports['grpc_management']}\n"
-        "enable_metrics_api=false\n"
-        f"default_workers_per_model={workers}\n"
-    )
-    command = [sys.executable, "-m", "trioserve", "run", "--ts-config", str(config)]
-    command += ["--model-store", str(EXAMPLES), "--models", "echo"]
-    command += ["--log-config", str(ROOT / "bench" / "quiet-logging.json")]
-    return subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(management: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            workers = httpx.get(f"http://127.0.0.1:{management}/models/echo").json()[0]["workers"]
-            if workers and all(w["status"] == "READY" for w in workers):
-                return
-        except (httpx.HTTPError, KeyError, IndexError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the echo model never became ready (see server.log)")
 
 
 async def drive(
@@ -132,7 +100,13 @@ def wrk_scenario(port: int, conns: int, seconds: int, workdir: Path) -> dict[str
     lua.write_text(LUA_POST)
     command = ["wrk", "-t1" if conns == 1 else "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
     command += ["-s", str(lua), f"http://127.0.0.1:{port}/predictions/echo"]
-    return parse_wrk(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    result = parse_wrk(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    return {
+        "rps": result.rps,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "errors": float(result.errors),
+    }
 
 
 def main() -> int:
@@ -140,23 +114,21 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
     parser.add_argument("--workers", type=int, default=1, help="echo workers")
     args = parser.parse_args()
-    names = ("inference", "management", "grpc_inference", "grpc_management")
-    ports = {name: free_port() for name in names}
     workdir = Path(tempfile.mkdtemp(prefix="trioserve-grpc-bench-"))
-    log = open(workdir / "server.log", "w")  # closed in the finally below
-    server = start_server(workdir, ports, args.workers, log)
+    server = start_server(TRIOSERVE, workdir, EXAMPLES, models=["echo"], workers=args.workers)
     try:
-        wait_ready(ports["management"])
+        server.wait_ready(["echo"])
+        ports = server.ports
         print(f"trioserve gRPC vs REST: {args.duration} s per scenario, {args.workers} worker(s)")
         print(f"{'scenario':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
         rows: list[tuple[str, dict[str, float]]] = []
         for conns in (1, 32):
-            grpc_result = asyncio.run(grpc_scenario(ports["grpc_inference"], conns, args.duration))
+            grpc_result = asyncio.run(grpc_scenario(ports.grpc_inference, conns, args.duration))
             rows.append((f"gRPC Predictions (grpcio) c={conns}", grpc_result))
-            rest = asyncio.run(rest_scenario(ports["inference"], conns, args.duration))
+            rest = asyncio.run(rest_scenario(ports.inference, conns, args.duration))
             rows.append((f"REST predictions (httpx) c={conns}", rest))
             if shutil.which("wrk"):
-                wrk = wrk_scenario(ports["inference"], conns, args.duration, workdir)
+                wrk = wrk_scenario(ports.inference, conns, args.duration, workdir)
                 rows.append((f"REST predictions (wrk) c={conns}", wrk))
             for name, result in rows:
                 print(
@@ -165,12 +137,7 @@ def main() -> int:
                 )
             rows.clear()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.run import ROOT, free_port
+from bench.common import ROOT, free_port
 
 SLOW = """
 import time

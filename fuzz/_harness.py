@@ -30,6 +30,29 @@ def corpus(name: str) -> list[bytes]:
     return [p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()]
 
 
+def splice(
+    rng: random.Random, data: bytes, tokens: Sequence[bytes], seeds: Sequence[bytes]
+) -> bytes:
+    """One to four byte-level edits of ``data``: overwrite a byte, insert a token (repeated up
+    to three times), delete a run, copy a run elsewhere, or insert the start of a seed."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(5)
+        at = rng.randint(0, len(out))
+        if op == 0 and out:
+            out[min(at, len(out) - 1)] = rng.randrange(256)
+        elif op == 1:
+            out[at:at] = rng.choice(tokens) * rng.randint(1, 3)
+        elif op == 2:
+            del out[at : at + rng.randint(1, 8)]
+        elif op == 3 and out:
+            start = rng.randrange(len(out))
+            out[at:at] = out[start : start + rng.randint(1, 24)]
+        else:
+            out[at:at] = rng.choice(seeds)[: rng.randint(0, 40)]
+    return bytes(out)
+
+
 def write_corpus(name: str, seeds: Sequence[bytes]) -> None:
     """Store ``seeds`` as ``fuzz/corpus/<name>/seed-NN`` (run once when a target's seeds change)."""
     directory = CORPUS / name

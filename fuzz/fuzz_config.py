@@ -72,26 +72,11 @@ def check(data: bytes) -> None:
                 assert parse_value(key, text, "fuzz") == getattr(config, key), (key, text)
 
 
+TOKENS = [b"\n", b"=", b"\\", b"\\u", b"$$", b"[", b"{", b'"', b",", b"#", b"(", b"*"]
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(5)
-        at = rng.randint(0, len(out))
-        if op == 0 and out:
-            out[min(at, len(out) - 1)] = rng.randrange(256)
-        elif op == 1:
-            token = rng.choice(
-                [b"\n", b"=", b"\\", b"\\u", b"$$", b"[", b"{", b'"', b",", b"#", b"(", b"*"]
-            )
-            out[at:at] = token * rng.randint(1, 3)
-        elif op == 2:
-            del out[at : at + rng.randint(1, 8)]
-        elif op == 3 and out:
-            start = rng.randrange(len(out))
-            out[at:at] = out[start : start + rng.randint(1, 24)]
-        else:
-            out[at:at] = rng.choice(SEEDS)[: rng.randint(0, 40)]
-    return bytes(out)
+    return _harness.splice(rng, data, TOKENS, SEEDS)
 
 
 def main(argv: list[str]) -> int:

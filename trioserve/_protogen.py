@@ -1,7 +1,8 @@
 """Regenerates the protobuf code from protos/ (``nox -s protos``).
 
 - ``protos/worker.proto`` -> ``backend/_proto/`` (messages only: the worker wire protocol).
-- ``protos/inference.proto``, ``protos/management.proto`` -> ``trioserve/grpc/_proto/``:
+- ``protos/inference.proto``, ``protos/management.proto``, ``protos/open_inference.proto``
+  -> ``trioserve/grpc/_proto/``:
   messages (``--python_out``, ``--pyi_out``) and grpclib service bases
   (``--grpclib_python_out``), with their imports made package-relative and a
   "generated, do not edit" header.
@@ -24,7 +25,7 @@ PROTOS = ROOT / "protos"
 WORKER_OUT = ROOT / "backend" / "_proto"
 GRPC_OUT = ROOT / "trioserve" / "grpc" / "_proto"
 GRPC_PACKAGE = "trioserve.grpc._proto"
-GRPC_PROTOS = ("inference.proto", "management.proto")
+GRPC_PROTOS = ("inference.proto", "management.proto", "open_inference.proto")
 GRPC_FILES = tuple(
     f"{Path(proto).stem}{suffix}"
     for proto in GRPC_PROTOS

@@ -122,7 +122,7 @@ def _copy_file(source: str, stage: Path, what: str) -> None:
     shutil.copy2(source, stage / os.path.basename(source))
 
 
-def _copy_extra(entries: str, stage: Path) -> None:
+def copy_extra(entries: str, stage: Path) -> None:
     """Comma-separated files, directories and globs; a directory's contents land at the
     archive root (its files flattened, its subdirectories kept whole)."""
     for entry in (e.strip() for e in entries.split(",")):
@@ -162,7 +162,7 @@ def stage_artifacts(spec: ArchiveSpec, stage: Path) -> None:
         if path:
             _copy_file(path, stage, what)
     if spec.extra_files:
-        _copy_extra(spec.extra_files, stage)
+        copy_extra(spec.extra_files, stage)
 
 
 def archived_files(root: Path) -> Iterator[str]:
@@ -223,16 +223,26 @@ def validate(spec: ArchiveSpec) -> Path:
         raise ArchiverError(f"Unknown runtime {spec.runtime!r}: one of {', '.join(RUNTIMES)}")
     if spec.archive_format not in FORMATS:
         raise ArchiverError(f"Unknown archive format {spec.archive_format!r}")
-    if not os.path.isdir(spec.export_path):
+    return check_output(spec.export_path, output_path(spec), spec.force, "model archive")
+
+
+def check_output(export_path: str, target: Path, force: bool, what: str) -> Path:
+    """The archivers' shared checks on where the ``what`` ("model archive", "workflow
+    archive") goes; returns ``target``.
+
+    Raises:
+        ArchiverError: the export path is not a directory, or ``target`` exists without
+            ``force``.
+    """
+    if not os.path.isdir(export_path):
         raise ArchiverError(
-            f"Given export-path {spec.export_path} is not a directory. "
+            f"Given export-path {export_path} is not a directory. "
             "Point to a valid export-path directory."
         )
-    target = output_path(spec)
-    if (target.exists() or target.is_symlink()) and not spec.force:
+    if (target.exists() or target.is_symlink()) and not force:
         raise ArchiverError(
             f"{target} already exists.\n"
-            "Please specify --force/-f option to overwrite the model archive output file.\n"
+            f"Please specify --force/-f option to overwrite the {what} output file.\n"
             "See -h/--help for more details."
         )
     return target

@@ -23,6 +23,7 @@ from trioserve.auth import KEY_FILE
 from trioserve.config import Config
 from trioserve.config_sources import load_config
 from trioserve.errors import ConfigError
+from trioserve.workflows import archiver as workflow_archiver
 
 PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"
 START_TIMEOUT_S = 120.0
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--effective", action="store_true", help="every key, value and source")
     archiver.add_arguments(
         sub.add_parser("archive", help="write a model archive (torch-model-archiver's flags)")
+    )
+    workflow_archiver.add_arguments(
+        sub.add_parser(
+            "workflow-archive",
+            help="write a workflow archive (torch-workflow-archiver's flags)",
+        )
     )
     return parser
 
@@ -260,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             return _stop()
         if args.command == "archive":
             return archiver.main(args)
+        if args.command == "workflow-archive":
+            return workflow_archiver.main(args)
         if args.command == "config":
             config = load_config(
                 environ=os.environ,
@@ -267,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 ts_config=args.ts_config,
                 model_store=args.model_store,
                 models=args.models,
+                workflow_store=args.workflow_store,
                 snapshot_dir=_snapshot_dir(args),
             )
             for key, value, source in config.effective():

@@ -219,6 +219,16 @@ def _parse_seconds(text: str) -> float:
 _SECONDS = _m(_Kind("a number of seconds > 0", _parse_seconds))
 
 
+def _parse_http_url(text: str) -> str:
+    # scheme://host[:port][/path]; a query, fragment or user info has no place in an endpoint.
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(?:/[^\s?#@]*)?", text, re.IGNORECASE):
+        raise ValueError
+    return text
+
+
+_HTTP_URL = _Kind("an http(s)://host[:port][/path] URL", _parse_http_url)
+
+
 def _all_default() -> Mapping[str, str]:
     return MappingProxyType(dict.fromkeys(_KINDS, "default"))
 
@@ -305,6 +315,9 @@ class Config:
         metadata=_m(_Kind("comma-separated regular expressions", _parse_patterns)),
     )
     use_env_allowed_urls: bool = field(default=False, metadata=_NO_ENV_BOOL)
+    # trioserve's own: where s3://bucket/key URLs go (path-style); None: boto3's endpoint
+    # setting (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), else AWS.
+    s3_endpoint_url: str | None = field(default=None, metadata=_m(_opt(_HTTP_URL)))
     install_py_dep_per_model: bool = field(default=False, metadata=_BOOL)
     decode_input_request: bool = field(default=True, metadata=_BOOL)
     default_service_handler: str | None = field(default=None, metadata=_OPT_TEXT)

@@ -33,9 +33,13 @@ _ENV_NAMES: dict[str, str] = {
     for f in fields(Config)
     if f.metadata and f.metadata["env"]
 }
+# What Go templates (KServe renders a runtime's env with them) write for a missing value.
+NO_VALUE = "<no value>"
 
 
 # ------------------------------------------------------------------------------- file formats
+
+
 def parse_properties(text: str) -> dict[str, str]:
     """Java properties (``\\`` continuations, ``#``/``!`` comments, escapes) to a dict."""
     try:
@@ -182,7 +186,8 @@ def load_config(
     if from_file("enable_envvars_config"):
         env_urls = from_file("use_env_allowed_urls")
         for key, name in _ENV_NAMES.items():
-            if name in environ and (key != "allowed_urls" or env_urls):
+            # A Kubernetes template with a missing label renders "<no value>": that is unset.
+            if environ.get(name, NO_VALUE) != NO_VALUE and (key != "allowed_urls" or env_urls):
                 raw[key] = (environ[name], f"env:{name}")
     oip = environ.get("TS_OPEN_INFERENCE_PROTOCOL", "")
     if oip.strip().lower() == "oip":  # honoured by TorchServe without enable_envvars_config

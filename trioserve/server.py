@@ -339,7 +339,11 @@ async def serve(
                     listeners_nursery.start_soon(grpc.stop_when_cancelled)
                     if handle_signals:
                         listeners_nursery.start_soon(_wait_for_signals, listen_scope.cancel)
-                    await _load_startup_models(state)
+                    state.starting = True
+                    try:
+                        await _load_startup_models(state)
+                    finally:
+                        state.starting = False
                     logger.info(STARTED_MESSAGE)
                     print(STARTED_MESSAGE, flush=True)
                     task_status.started(running)

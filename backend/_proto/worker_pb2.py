@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cworker.proto\x12\x10trioserve.worker\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\":\n\x05Input\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\"q\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07headers\x18\x02 \x03(\x0b\x32\x18.trioserve.worker.Header\x12\'\n\x06inputs\x18\x03 \x03(\x0b\x32\x17.trioserve.worker.Input\"\x95\x02\n\x04Load\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tmodel_dir\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x0e\n\x06gpu_id\x18\x06 \x01(\x05\x12\x10\n\x08\x65nvelope\x18\x07 \x01(\t\x12\x1e\n\x16limit_max_image_pixels\x18\x08 \x01(\x08\x12\x1c\n\x14\x64\x65\x63ode_input_request\x18\t \x01(\x08\x12\x15\n\rmanifest_json\x18\n \x01(\t\x12\x17\n\x0fmodel_yaml_json\x18\x0b \x01(\t\x12\x1a\n\x12model_metrics_json\x18\x0c \x01(\t\"r\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12*\n\x07\x63ommand\x18\x02 \x01(\x0e\x32\x19.trioserve.worker.Command\x12+\n\x08requests\x18\x03 \x03(\x0b\x32\x19.trioserve.worker.Request\"d\n\x08ToWorker\x12&\n\x04load\x18\x01 \x01(\x0b\x32\x16.trioserve.worker.LoadH\x00\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x17.trioserve.worker.BatchH\x00\x42\x06\n\x04kind\"\'\n\x06Loaded\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8d\x01\n\x08Response\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12)\n\x07headers\x18\x05 \x03(\x0b\x32\x18.trioserve.worker.Header\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\"\x83\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12,\n\ndimensions\x18\x04 \x03(\x0b\x32\x18.trioserve.worker.Header\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xa7\x01\n\x0b\x42\x61tchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\tresponses\x18\x04 \x03(\x0b\x32\x1a.trioserve.worker.Response\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12)\n\x07metrics\x18\x06 \x03(\x0b\x32\x18.trioserve.worker.Metric\"q\n\nFromWorker\x12*\n\x06loaded\x18\x01 \x01(\x0b\x32\x18.trioserve.worker.LoadedH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.trioserve.worker.BatchResultH\x00\x42\x06\n\x04kind*1\n\x07\x43ommand\x12\x0b\n\x07PREDICT\x10\x00\x12\x0b\n\x07\x45XPLAIN\x10\x01\x12\x0c\n\x08\x44\x45SCRIBE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cworker.proto\x12\x10trioserve.worker\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\":\n\x05Input\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\"\x83\x01\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07headers\x18\x02 \x03(\x0b\x32\x18.trioserve.worker.Header\x12\'\n\x06inputs\x18\x03 \x03(\x0b\x32\x17.trioserve.worker.Input\x12\x10\n\x08\x65nvelope\x18\x04 \x01(\t\"\x95\x02\n\x04Load\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tmodel_dir\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x0e\n\x06gpu_id\x18\x06 \x01(\x05\x12\x10\n\x08\x65nvelope\x18\x07 \x01(\t\x12\x1e\n\x16limit_max_image_pixels\x18\x08 \x01(\x08\x12\x1c\n\x14\x64\x65\x63ode_input_request\x18\t \x01(\x08\x12\x15\n\rmanifest_json\x18\n \x01(\t\x12\x17\n\x0fmodel_yaml_json\x18\x0b \x01(\t\x12\x1a\n\x12model_metrics_json\x18\x0c \x01(\t\"r\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12*\n\x07\x63ommand\x18\x02 \x01(\x0e\x32\x19.trioserve.worker.Command\x12+\n\x08requests\x18\x03 \x03(\x0b\x32\x19.trioserve.worker.Request\"d\n\x08ToWorker\x12&\n\x04load\x18\x01 \x01(\x0b\x32\x16.trioserve.worker.LoadH\x00\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x17.trioserve.worker.BatchH\x00\x42\x06\n\x04kind\"\'\n\x06Loaded\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8d\x01\n\x08Response\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12)\n\x07headers\x18\x05 \x03(\x0b\x32\x18.trioserve.worker.Header\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\"\x83\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12,\n\ndimensions\x18\x04 \x03(\x0b\x32\x18.trioserve.worker.Header\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xa7\x01\n\x0b\x42\x61tchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\tresponses\x18\x04 \x03(\x0b\x32\x1a.trioserve.worker.Response\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12)\n\x07metrics\x18\x06 \x03(\x0b\x32\x18.trioserve.worker.Metric\"q\n\nFromWorker\x12*\n\x06loaded\x18\x01 \x01(\x0b\x32\x18.trioserve.worker.LoadedH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.trioserve.worker.BatchResultH\x00\x42\x06\n\x04kind*1\n\x07\x43ommand\x12\x0b\n\x07PREDICT\x10\x00\x12\x0b\n\x07\x45XPLAIN\x10\x01\x12\x0c\n\x08\x44\x45SCRIBE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMAND']._serialized_start=1350
-  _globals['_COMMAND']._serialized_end=1399
+  _globals['_COMMAND']._serialized_start=1369
+  _globals['_COMMAND']._serialized_end=1418
   _globals['_HEADER']._serialized_start=34
   _globals['_HEADER']._serialized_end=71
   _globals['_INPUT']._serialized_start=73
   _globals['_INPUT']._serialized_end=131
-  _globals['_REQUEST']._serialized_start=133
-  _globals['_REQUEST']._serialized_end=246
-  _globals['_LOAD']._serialized_start=249
-  _globals['_LOAD']._serialized_end=526
-  _globals['_BATCH']._serialized_start=528
-  _globals['_BATCH']._serialized_end=642
-  _globals['_TOWORKER']._serialized_start=644
-  _globals['_TOWORKER']._serialized_end=744
-  _globals['_LOADED']._serialized_start=746
-  _globals['_LOADED']._serialized_end=785
-  _globals['_RESPONSE']._serialized_start=788
-  _globals['_RESPONSE']._serialized_end=929
-  _globals['_METRIC']._serialized_start=932
-  _globals['_METRIC']._serialized_end=1063
-  _globals['_BATCHRESULT']._serialized_start=1066
-  _globals['_BATCHRESULT']._serialized_end=1233
-  _globals['_FROMWORKER']._serialized_start=1235
-  _globals['_FROMWORKER']._serialized_end=1348
+  _globals['_REQUEST']._serialized_start=134
+  _globals['_REQUEST']._serialized_end=265
+  _globals['_LOAD']._serialized_start=268
+  _globals['_LOAD']._serialized_end=545
+  _globals['_BATCH']._serialized_start=547
+  _globals['_BATCH']._serialized_end=661
+  _globals['_TOWORKER']._serialized_start=663
+  _globals['_TOWORKER']._serialized_end=763
+  _globals['_LOADED']._serialized_start=765
+  _globals['_LOADED']._serialized_end=804
+  _globals['_RESPONSE']._serialized_start=807
+  _globals['_RESPONSE']._serialized_end=948
+  _globals['_METRIC']._serialized_start=951
+  _globals['_METRIC']._serialized_end=1082
+  _globals['_BATCHRESULT']._serialized_start=1085
+  _globals['_BATCHRESULT']._serialized_end=1252
+  _globals['_FROMWORKER']._serialized_start=1254
+  _globals['_FROMWORKER']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

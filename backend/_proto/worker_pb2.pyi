@@ -35,14 +35,16 @@ class Input(_message.Message):
     def __init__(self, name: _Optional[str] = ..., content_type: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "headers", "inputs")
+    __slots__ = ("request_id", "headers", "inputs", "envelope")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
-    def __init__(self, request_id: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ...) -> None: ...
+    envelope: str
+    def __init__(self, request_id: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., envelope: _Optional[str] = ...) -> None: ...
 
 class Load(_message.Message):
     __slots__ = ("model_name", "model_version", "model_dir", "handler", "batch_size", "gpu_id", "envelope", "limit_max_image_pixels", "decode_input_request", "manifest_json", "model_yaml_json", "model_metrics_json")

@@ -7,7 +7,6 @@ import functools
 import http.server
 import logging
 import re
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LOCAL, Server, make_config
+from tests.conftest import Server, make_config
+from tests.support.local_http import serving
 from tests.support.models import ECHO_HANDLER, handler_archive
 
 ServerFactory = Callable[..., Awaitable[Server]]
@@ -47,18 +47,8 @@ def _serve(site: Site) -> Iterator[Site]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(
-        (LOCAL, 0), functools.partial(Handler, directory=str(site.root))
-    )
-    site.base = f"http://{LOCAL}:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(functools.partial(Handler, directory=str(site.root))) as site.base:
         yield site
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -446,3 +446,14 @@ def handle(data, context):
         return None
     return [b"x" * int(bytes(row["body"]).decode()) for row in data]
 """
+
+
+# An OIP (kservev2) handler: one output per input tensor, the sum of its elements.
+SUM_HANDLER = """
+def handle(data, context):
+    if data is None:
+        return None
+    def total(x):
+        return sum(total(i) for i in x) if isinstance(x, list) else x
+    return [total(tensor) for tensor in data]
+"""

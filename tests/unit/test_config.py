@@ -234,6 +234,15 @@ def test_env_vars_need_enable_envvars_config(tmp_path: Path) -> None:
     assert config.sources["job_queue_size"] == "env:TS_JOB_QUEUE_SIZE"
 
 
+def test_env_no_value_from_a_kubernetes_template_is_unset(tmp_path: Path) -> None:
+    environ = {"TS_SERVICE_ENVELOPE": "<no value>", "TS_JOB_QUEUE_SIZE": "<no value>"}
+    config = load(tmp_path, "enable_envvars_config=true\njob_queue_size=5\n", environ=environ)
+    assert (config.service_envelope, config.job_queue_size) == (None, 5)
+    environ["TS_SERVICE_ENVELOPE"] = "kservev2"
+    config = load(tmp_path, "enable_envvars_config=true\n", environ=environ)
+    assert config.service_envelope == "kservev2"
+
+
 def test_env_cannot_switch_env_config_on_or_set_starred_keys(tmp_path: Path) -> None:
     environ = {"TS_ENABLE_ENVVARS_CONFIG": "true", "TS_JOB_QUEUE_SIZE": "7"}
     assert load(tmp_path, environ=environ).job_queue_size == 100

@@ -7,6 +7,9 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from trioserve.api import oip
 from trioserve.errors import InvalidModel
 from trioserve.models.archive import open_archive
 
@@ -32,3 +35,10 @@ def test_found_crash_input_opens_or_is_refused(tmp_path: Path) -> None:
         open_archive(source, tmp_path / "extract")
     except InvalidModel:
         pass  # the contract's refusal; anything else fails the test
+
+
+def test_unhashable_v2_datatype_is_a_400_not_a_crash() -> None:
+    """fuzz_oip: a datatype given as a list raised TypeError (a 500) in the lookup."""
+    body = (CORPUS / "oip" / "crash-unhashable-datatype").read_bytes()
+    with pytest.raises(oip.TensorError, match="Unknown datatype"):
+        oip.check_infer_request(oip.parse_json(body))

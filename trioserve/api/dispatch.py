@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from trioserve.api import inference, management, metrics
+from trioserve.api import inference, kserve, management, metrics, workflows
 from trioserve.api.state import ServerState
 from trioserve.auth import InvalidKey, TokenAuth
 from trioserve.errors import ServeError, ServiceUnavailable
@@ -29,11 +29,30 @@ _FUNCTIONS: dict[str, Callable[..., Awaitable[Response | StreamingResponse]]] = 
     "set_default": management.set_default,
     "model_management_description": management.model_management_description,
     "metrics": metrics.metrics,
+    "register_workflow": workflows.register_workflow,
+    "list_workflows": workflows.list_workflows,
+    "describe_workflow": workflows.describe_workflow,
+    "unregister_workflow": workflows.unregister_workflow,
+    "predict_workflow": workflows.predict_workflow,
+    "kserve_v1_list": kserve.v1_list,
+    "kserve_v1_model": kserve.v1_model,
+    "kserve_v1_readiness": kserve.management_v1_readiness,
+    "kserve_v2_server_metadata": kserve.v2_server_metadata,
+    "kserve_v2_live": kserve.v2_live,
+    "kserve_v2_ready": kserve.v2_ready,
+    "kserve_v2_model_metadata": kserve.v2_model_metadata,
+    "kserve_v2_model_ready": kserve.v2_model_ready,
+    "kserve_v2_infer": kserve.v2_infer,
+    "kserve_v2_explain": kserve.v2_explain,
+    "kserve_v2_index": kserve.v2_repository_index,
+    "kserve_v2_load": kserve.v2_repository_load,
+    "kserve_v2_unload": kserve.v2_repository_unload,
 }
 
 
 # Routes that need no key on any port when token authorization is on (contract §0.6).
 _PUBLIC_ROUTES = frozenset({"api_description", "management_api_description", "metrics"})
+_MANAGEMENT_ACTIONS = frozenset({"kserve_v2_load", "kserve_v2_unload"})
 
 
 def make_handler(
@@ -96,7 +115,9 @@ def _authorize(auth: TokenAuth, apis: frozenset[str], request: Request) -> None:
     else:
         if found.name in _PUBLIC_ROUTES or found.api not in (INFERENCE, MANAGEMENT):
             return
-        kinds = [found.api]
+        # The repository extension loads and unloads models: a management action, whichever
+        # port serves it.
+        kinds = [MANAGEMENT if found.name in _MANAGEMENT_ACTIONS else found.api]
     if kinds:
         auth.check(kinds, request.header("authorization"))
 

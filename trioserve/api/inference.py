@@ -28,7 +28,10 @@ def _counts_as_healthy(worker: WorkerSupervisor) -> bool:
 
 
 def is_healthy(state: ServerState) -> bool:
-    """Healthy iff every model's default version has at least its minimum of healthy workers."""
+    """Healthy iff the startup models are registered and every model's default version has at
+    least its minimum of healthy workers."""
+    if state.starting:
+        return False
     for model in state.registry.defaults():
         healthy = sum(1 for w in model.workers if _counts_as_healthy(w))
         if healthy < model.settings.min_workers:

@@ -20,7 +20,7 @@ import trio
 from trioserve.api.state import ServerState
 from trioserve.errors import BadRequest, InternalServerError
 from trioserve.http.request import Request
-from trioserve.models import store
+from trioserve.models import s3, store
 from trioserve.models.archive import ModelArchive, open_archive, remove_extraction
 from trioserve.models.model import ModelSettings, ModelVersion
 from trioserve.models.process import DEPS_DIR
@@ -34,6 +34,25 @@ RUNTIMES = ("python", "python3", "LSP")
 PIP_INSTALL_TIMEOUT_S = 600.0
 # Lines of pip's output quoted in the error when an install fails (the log keeps all of it).
 PIP_TAIL_LINES = 10
+
+
+def request_values(request: Request) -> dict[str, Any]:
+    """A management call's parameters: the query string's, then the same keys in a JSON body
+    (``Content-Type: application/json``), which win.
+
+    Raises:
+        BadRequest: a JSON body that does not parse or is not an object.
+    """
+    values: dict[str, Any] = {k: v[0] for k, v in request.query.items() if v}
+    if request.mime_type == "application/json" and request.body.strip():
+        try:
+            body = json.loads(request.body)
+        except ValueError as exc:
+            raise BadRequest(f"Invalid JSON body: {exc}") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("Invalid JSON body: expected an object.")
+        values.update(body)
+    return values
 
 
 def int_param(value: Any) -> int | None:
@@ -64,19 +83,13 @@ class RegisterParams:
     synchronous: bool = False
     response_timeout: int | None = None
     startup_timeout: int | None = None
+    # Fetch an http(s) URL as a SigV4-signed S3 GET (SSE-KMS objects need one); s3:// URLs
+    # are always signed.
+    s3_sse_kms: bool = False
 
     @classmethod
     def from_request(cls, request: Request) -> RegisterParams:
-        values: dict[str, Any] = {k: v[0] for k, v in request.query.items() if v}
-        if request.mime_type == "application/json" and request.body.strip():
-            try:
-                body = json.loads(request.body)
-            except ValueError as exc:
-                raise BadRequest(f"Invalid JSON body: {exc}") from exc
-            if not isinstance(body, dict):
-                raise BadRequest("Invalid JSON body: expected an object.")
-            values.update(body)
-        return cls.from_values(values)
+        return cls.from_values(request_values(request))
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RegisterParams:
@@ -92,6 +105,7 @@ class RegisterParams:
             synchronous=true_param(values.get("synchronous", False)),
             response_timeout=int_param(values.get("response_timeout")),
             startup_timeout=int_param(values.get("startup_timeout")),
+            s3_sse_kms=true_param(values.get("s3_sse_kms", False)),
         )
 
 
@@ -266,7 +280,12 @@ async def register(
     if params.runtime is not None and params.runtime not in RUNTIMES:
         raise BadRequest(f"Invalid RuntimeType value: {params.runtime}")
     config = state.config
-    path, downloaded = await store.fetch(params.url, config.model_store, config.allowed_urls)
+    auth = None
+    if params.s3_sse_kms or s3.is_s3_url(params.url):
+        auth = s3.S3Download(config.s3_endpoint_url)
+    path, downloaded = await store.fetch(
+        params.url, config.model_store, config.allowed_urls, auth=auth
+    )
     try:
         archive = await trio.to_thread.run_sync(open_archive, path, state.extract_root)
     except BaseException:

@@ -17,6 +17,7 @@ from trioserve.config import Config
 from trioserve.metrics.registry import ServerMetrics
 from trioserve.models.registry import Registry
 from trioserve.models.snapshot import VersionState, write_snapshot
+from trioserve.workflows.registry import WorkflowRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,15 @@ class ServerState:
     hostname: str = field(default_factory=platform.node)
     startup_models: list[str] = field(default_factory=list)
     draining: bool = False  # set on SIGTERM/SIGINT: /ping answers 503 "Draining" from then on
+    # Until the startup models are registered, nobody is healthy or ready: the listeners are up
+    # already, and an empty registry would otherwise look healthy.
+    starting: bool = False
     # Where config snapshots are written ({LOG_LOCATION|logs}/config); None: never (--ncs, and
     # in-process servers unless they ask).
     snapshot_dir: Path | None = None
     # The server's metrics (serve() makes it from the config; the default records for nobody).
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    workflows: WorkflowRegistry = field(default_factory=WorkflowRegistry)
     _snapshot_lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
     _last_snapshot: dict[str, dict[str, VersionState]] | None = field(default=None, repr=False)
 
@@ -44,7 +49,11 @@ class ServerState:
         """Every registered version as a snapshot records it; ``marName`` is the register url
         as given, which a restore registers again."""
         states: dict[str, dict[str, VersionState]] = {}
+        # Workflows are not snapshotted (contract §2.7), so neither are their node models.
+        owned = self.workflows.owned_models()
         for model in self.registry.all_versions():
+            if model.name in owned:
+                continue
             s = model.settings
             states.setdefault(model.name, {})[model.version] = VersionState(
                 mar_name=model.url,

@@ -109,6 +109,7 @@ class ManagementService(ManagementAPIsServiceBase):
             synchronous=request.synchronous,
             response_timeout=_set(request.response_timeout),
             startup_timeout=_set(request.startup_timeout),
+            s3_sse_kms=request.s3_sse_kms,
         )
         return (await api.register_version(self._state, params)).text
 

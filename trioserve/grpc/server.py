@@ -28,8 +28,10 @@ from trioserve.grpc.auth import require_key
 from trioserve.grpc.bridge import Bridge
 from trioserve.grpc.inference import InferenceService
 from trioserve.grpc.management import ManagementService
+from trioserve.grpc.oip import OpenInferenceService
 
 logger = logging.getLogger(__name__)
+Service = InferenceService | ManagementService | OpenInferenceService
 
 # After the drain (bounded by the caller's deadline), grpclib's close() cancels what still runs;
 # this bounds the wait for those calls to unwind.
@@ -100,7 +102,7 @@ class _Server(Server):
     """grpclib's Server, remembering its connections: its ``close()`` stops listening and
     cancels the calls but leaves the connections open, and a shutdown must close them."""
 
-    def __init__(self, services: list[InferenceService | ManagementService]) -> None:
+    def __init__(self, services: list[Service]) -> None:
         super().__init__(services)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
@@ -175,11 +177,13 @@ async def serve_grpc(
                 except OSError as exc:
                     logger.error("%s not served: cannot listen on %s:%d: %s", api, host, port, exc)
                     continue
-                service = (InferenceService if api == INFERENCE else ManagementService)(
-                    state, bridge
+                services: list[Service] = (
+                    [InferenceService(state, bridge), OpenInferenceService(state, bridge)]
+                    if api == INFERENCE
+                    else [ManagementService(state, bridge)]
                 )
                 try:
-                    server = await trio_asyncio.aio_as_trio(_make_server, loop=loop)(service)
+                    server = await trio_asyncio.aio_as_trio(_make_server, loop=loop)(services)
                     if auth is not None:
                         kind = token_auth.INFERENCE if api == INFERENCE else token_auth.MANAGEMENT
                         require_key(server, auth, kind)
@@ -204,6 +208,6 @@ async def serve_grpc(
         logger.exception("the gRPC servers failed; gRPC is no longer served")
 
 
-async def _make_server(service: InferenceService | ManagementService) -> _Server:
+async def _make_server(services: list[Service]) -> _Server:
     # Built on the loop: grpclib's Server binds itself to the running loop.
-    return _Server([service])
+    return _Server(services)

@@ -1,13 +1,17 @@
 """The HTTP/1.1 connection loop: one task per connection, h11 as the protocol machine.
 
-This function owns the stream; h11 never sees it. Deadlines are cancel scopes around each wait:
-the request head, the body, the idle gap between keep-alive requests and each slice of a send
-(their values, and the other limits, come in ``Limits``: see http/limits.py).
+This function owns the stream; h11 never sees it. Deadlines bound each wait on the peer: the
+request head, the body, the idle gap between keep-alive requests and each slice of a send (their
+values, and the other limits, come in ``Limits``: see http/limits.py). Every one of them ends the
+connection when it passes, so they share one cancel scope around the connection's loop, whose
+deadline is moved before each wait (and back to infinity while the handler runs): entering and
+leaving a scope per wait cost more than the rest of a small request's bookkeeping.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -79,44 +83,115 @@ class HTTPConnection:
         self.remote = remote
         self.requests = 0  # requests begun on this connection
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        # The connection's one deadline scope (see the module docstring); entered by serve().
+        self._deadline = trio.CancelScope()
+        # The reader task and the loop meet here (see _reader).
+        self._unparsed = 0  # bytes fed to h11 since the loop last ran out of events
+        self._eof = False  # the peer closed its end (or the stream broke): h11 has been told
+        self._broken = False  # ... and it was a reset or a closed stream, not a clean EOF
+        self._data = trio.Event()  # set by the reader when it has fed h11
+        self._fresh = False  # fed since the loop last asked h11 for an event
+        self._room = trio.Event()  # set by the loop when the reader may read past the bound
+        self._handler_scope: trio.CancelScope | None = None  # around the handler while it runs
+
+    async def _reader(self) -> None:
+        """The one task that receives from the stream, for the connection's whole life.
+
+        It feeds h11 and wakes the loop; while the handler runs it is also the disconnect
+        watcher: an EOF then cancels the handler (a queued job is dropped, a worker is never
+        restarted for it). Bytes the client sends ahead (a pipelined request) are fed to h11 up
+        to ``max_header_bytes`` past what the loop has parsed; then it stops reading until the
+        loop catches up. One long-lived task is far cheaper than a watcher spawned and
+        cancelled around every request.
+        """
+        while True:
+            while self._unparsed >= self.limits.max_header_bytes:
+                self._room = trio.Event()
+                await self._room.wait()
+            try:
+                data = await self.stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._broken = True
+                data = b""
+            if not data:
+                self._eof = True
+                self.conn.receive_data(b"")
+                if self._handler_scope is not None:
+                    self._handler_scope.cancel()
+                self._data.set()
+                return
+            self._unparsed += len(data)
+            self.conn.receive_data(bytes(data))  # no copy: trio hands sockets' bytes through
+            self._fresh = True
+            self._data.set()
 
     async def _read_more(self) -> None:
-        try:
-            data = await self.stream.receive_some(READ_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _ClientGone() from exc
-        self.conn.receive_data(bytes(data))
+        """Wait until the reader has fed h11 more bytes (or the end of the stream); called when
+        h11 needs data, so what it buffers is less than one event."""
+        if self._broken:
+            raise _ClientGone()
+        if self._eof or self._fresh:
+            return  # h11 has something new: its next event says what (or how the stream ended)
+        self._unparsed = 0
+        self._room.set()
+        self._data = trio.Event()
+        await self._data.wait()
+        if self._broken:
+            raise _ClientGone()
 
-    async def _send(self, event: h11.Event) -> None:
-        """Send ``event``, a slice of at most WRITE_SLICE bytes at a time, each within
-        ``write_timeout``: a client that stops reading is dropped once the socket buffers are
-        full, however large the response."""
-        data = self.conn.send(event)
-        if data is None:
+    def _next_buffered(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        """h11's next event from what it has buffered (no waiting)."""
+        self._fresh = False
+        return self.conn.next_event()
+
+    async def _send(self, event: h11.Event, outer: float = math.inf) -> None:
+        await self._send_parts(self.conn.send_with_data_passthrough(event) or [], outer)
+
+    async def _send_parts(self, parts: list[bytes], outer: float = math.inf) -> None:
+        """Send what h11 produced for one or more events: joined into one write when small (one
+        syscall for a whole small response), else part by part without copying a large body.
+        Each WRITE_SLICE bytes must go within ``write_timeout``: a client that stops reading is
+        dropped once the socket buffers are full, however large the response. ``outer`` is a
+        deadline the send happens within (a 100 Continue's: the head's or body's), restored
+        after it; otherwise none is left armed."""
+        if not parts:
             return
-        view = memoryview(data)
-        for start in range(0, len(view), WRITE_SLICE):
-            with trio.move_on_after(self.limits.write_timeout) as scope:
-                try:
+        if len(parts) > 1 and sum(len(p) for p in parts) <= WRITE_SLICE:
+            parts = [b"".join(parts)]
+        try:
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), WRITE_SLICE):
+                    self._deadline.deadline = min(
+                        outer, trio.current_time() + self.limits.write_timeout
+                    )
                     await self.stream.send_all(view[start : start + WRITE_SLICE])
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self.conn.send_failed()
-                    raise _ClientGone() from exc
-            if scope.cancelled_caught:
-                self.conn.send_failed()
-                raise _ClientGone()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.conn.send_failed()
+            raise _ClientGone() from exc
+        except trio.Cancelled:
+            self.conn.send_failed()  # the write deadline passed, or the server is stopping
+            raise
+        self._deadline.deadline = outer
 
     async def _next_event(self, deadline: float) -> h11.Event | type[h11.PAUSED]:
-        """The next h11 event, reading as needed until ``deadline`` (trio time)."""
-        with trio.move_on_at(deadline):
-            while True:
-                event = self.conn.next_event()
-                if event is not h11.NEED_DATA:
-                    return event  # type: ignore[return-value]
-                if self.conn.they_are_waiting_for_100_continue:
-                    await self._send(CONTINUE)
-                await self._read_more()
-        raise _ClientGone()
+        """The next h11 event, reading as needed until ``deadline`` (trio time).
+
+        The deadline is only armed when there is something to wait for, and left armed on
+        return: the caller disarms it once, before the handler runs (each move of a scope's
+        deadline costs a few microseconds, and a whole request usually arrives in one read).
+        """
+        event = self._next_buffered()
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        self._deadline.deadline = deadline
+        while True:
+            if self.conn.they_are_waiting_for_100_continue:
+                await self._send(CONTINUE, deadline)
+            await self._read_more()
+            event = self._next_buffered()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
 
     async def serve(self) -> None:
         """Serve requests until the peer leaves, a response closes the connection or a deadline
@@ -127,6 +202,19 @@ class HTTPConnection:
         propagated (it would take every other connection down with the listener's nursery).
         """
         try:
+            # A deadline passing cancels this scope: the connection ends, as it should.
+            with self._deadline:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    try:
+                        await self._serve_all()
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            await self._close()
+
+    async def _serve_all(self) -> None:
+        try:
             while True:
                 if not await self._serve_one():
                     break  # after `http_max_requests_per_connection` too: it said close
@@ -135,8 +223,6 @@ class HTTPConnection:
             pass
         except Exception:
             logger.exception("bug while serving a connection from %s; closing it", self.remote)
-        finally:
-            await self._close()
 
     async def _close(self) -> None:
         """Send EOF after a final response, then read (and drop) what the peer still sends for a
@@ -144,7 +230,9 @@ class HTTPConnection:
         the response (a 413 sent before the body arrived) before the client reads it."""
         try:
             done = self.conn.our_state is h11.MUST_CLOSE or self.conn.our_state is h11.DONE
-            if done and isinstance(self.stream, trio.abc.HalfCloseableStream):
+            # Once the peer's EOF has been read nothing is left unread, so the close itself
+            # sends our FIN and no reset: the slot is free a few scheduler passes sooner.
+            if done and not self._eof and isinstance(self.stream, trio.abc.HalfCloseableStream):
                 with trio.move_on_after(CLOSE_DRAIN_S):
                     await self.stream.send_eof()
                     while await self.stream.receive_some(READ_CHUNK):
@@ -158,18 +246,21 @@ class HTTPConnection:
         """Serve one request; return whether the connection may take another."""
         request_id = str(uuid.uuid4())
         try:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            event = self._next_buffered()
+            if event is not h11.NEED_DATA:
+                # Pipelined: let the loop poll I/O first, so the answer just written reaches
+                # its reader (and other connections run) before this one is served.
+                await trio.lowlevel.checkpoint()
+            else:
                 if self.drain.draining:
                     return False
-                with trio.move_on_after(self.limits.keepalive_timeout) as idle:
-                    self.drain._idle.add(idle)
-                    try:
-                        await self._read_more()
-                    finally:
-                        self.drain._idle.discard(idle)
-                if idle.cancelled_caught:
-                    return False
+                # Idle: a drain (or the keep-alive timeout) cancels the scope and so closes.
+                self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
+                self.drain._idle.add(self._deadline)
+                try:
+                    await self._read_more()
+                finally:
+                    self.drain._idle.discard(self._deadline)
                 # Absolute, from the head's first byte: a trickle cannot stretch it.
                 deadline = trio.current_time() + self.limits.header_timeout
                 event = await self._next_event(deadline)
@@ -220,6 +311,8 @@ class HTTPConnection:
             await self._send_simple(Response(413), request_id)
             self._log(request, 413, start)
             return False
+        # The handler has its own deadlines; what is left of the head's or body's is not its.
+        self._deadline.deadline = math.inf
         response = await self._dispatch_watching(request)
         status = await self._respond(response, request_id, head_only=request.method == "HEAD")
         self._log(request, status, start)
@@ -231,53 +324,39 @@ class HTTPConnection:
         """The whole body, within one deadline that only data can push back: ``body_timeout``
         plus 1/MIN_BODY_RATE s per byte received (a per-read deadline lets a client trickle a
         byte at a time forever; a fixed one cuts off large bodies on slow links)."""
-        body = bytearray()
+        chunks: list[bytes | bytearray] = []  # joined once at the end, not grown per read
+        size = 0
         limit = self.limits.max_request_size
         deadline = trio.current_time() + self.limits.body_timeout
         while True:
             event = await self._next_event(deadline)
             if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limit:
+                chunks.append(event.data)
+                size += len(event.data)
+                if size > limit:
                     raise _BodyTooLarge()
                 deadline += len(event.data) / MIN_BODY_RATE
             elif isinstance(event, h11.EndOfMessage):
-                return bytes(body)
+                return bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
             else:
                 raise _ClientGone()
 
     async def _dispatch_watching(self, request: Request) -> Response | StreamingResponse:
-        """Run the handler while watching the peer: if the client closes its end before the
-        answer is ready, the handler is cancelled (a queued job is dropped, a worker is never
-        restarted for it) and the connection ends.
+        """Run the handler while the reader watches the peer: if the client closes its end
+        before the answer is ready, the handler is cancelled and the connection ends.
 
         Bytes the client sends meanwhile (a pipelined request) go to h11's buffer, up to
-        ``max_header_bytes``; past that we stop reading until the response is out.
+        ``max_header_bytes``; past that the reader stops until the response is out.
         """
-        response: Response | StreamingResponse | None = None
-        peer_gone = False
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                nonlocal peer_gone
-                # Counted here: h11's trailing_data copies its buffer, once is enough.
-                buffered = len(self.conn.trailing_data[0])
-                while buffered < self.limits.max_header_bytes:
-                    try:
-                        data = await self.stream.receive_some(READ_CHUNK)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    if not data:
-                        peer_gone = True
-                        nursery.cancel_scope.cancel()
-                        return
-                    buffered += len(data)
-                    self.conn.receive_data(bytes(data))
-
-            nursery.start_soon(watch)
-            response = await self._dispatch(request)
-            nursery.cancel_scope.cancel()
-        if peer_gone or response is None:
+        if self._eof:
+            raise _ClientGone()  # the peer left right after its request
+        with trio.CancelScope() as scope:
+            self._handler_scope = scope
+            try:
+                response = await self._dispatch(request)
+            finally:
+                self._handler_scope = None
+        if scope.cancelled_caught or self._eof:
             raise _ClientGone()
         return response
 
@@ -304,10 +383,12 @@ class HTTPConnection:
         if head is None:
             response = internal_error()
             head = response_head(response, request_id, len(response.body), False)
-        await self._send(head)
+        # Head, body and end in one write: h11 hands the body through without copying it.
+        parts = self.conn.send_with_data_passthrough(head) or []
         if response.body and not head_only and response.status not in NO_BODY_STATUSES:
-            await self._send(h11.Data(data=response.body))
-        await self._send(h11.EndOfMessage())
+            parts += self.conn.send_with_data_passthrough(h11.Data(data=response.body)) or []
+        parts += self.conn.send_with_data_passthrough(h11.EndOfMessage()) or []
+        await self._send_parts(parts)
         return response.status
 
     async def _respond(

@@ -92,7 +92,7 @@ def open_archive(source: Path, extract_root: Path) -> ModelArchive:
     try:
         dest.chmod(0o700)  # mkdir's mode passes through the umask
         if source.name.endswith(".mar"):
-            _extract_zip(source, dest)
+            extract_zip(source, dest)
         else:
             _extract_tar(source, dest)
         return _load(source, dest, extracted=True)
@@ -121,7 +121,7 @@ def _load(source: Path, model_dir: Path, *, extracted: bool) -> ModelArchive:
     manifest_file = model_dir / MANIFEST_PATH
     manifest = Manifest.empty()
     if manifest_file.is_file():
-        manifest = Manifest.from_json(_read_small(manifest_file))
+        manifest = Manifest.from_json(read_small(manifest_file))
     config = ModelConfig.empty()
     if manifest.config_file is not None:
         path = model_dir / manifest.config_file
@@ -131,11 +131,11 @@ def _load(source: Path, model_dir: Path, *, extracted: bool) -> ModelArchive:
                 f"configFile {manifest.config_file!r} is outside the model directory."
             )
         if path.is_file():
-            config = ModelConfig.from_yaml(_read_small(path))
+            config = ModelConfig.from_yaml(read_small(path))
     return ModelArchive(source, model_dir, manifest, config, extracted)
 
 
-def _read_small(path: Path) -> bytes:
+def read_small(path: Path) -> bytes:
     with path.open("rb") as f:
         data = f.read(MAX_METADATA_BYTES + 1)
     if len(data) > MAX_METADATA_BYTES:
@@ -223,7 +223,7 @@ def _write_all(source: Path, dest: Path, plan: _Plan) -> None:
             used = _write_file(member.read, target, source, name, used)
 
 
-def _extract_zip(source: Path, dest: Path) -> None:
+def extract_zip(source: Path, dest: Path) -> None:
     try:
         archive = zipfile.ZipFile(source)
     except _READ_ERRORS as exc:

@@ -62,6 +62,11 @@ class Batcher:
         """Jobs taken from the queue, not yet handed to a worker and still unanswered."""
         return [j for j in (*self.held, *self._carried) if not j.done]
 
+    def has_waiting(self) -> bool:
+        """Whether jobs are queued or carried, not yet in any batch (a busy worker then takes
+        its next batch early: see models/worker.py)."""
+        return bool(self._carried) or self.jobs.statistics().current_buffer_used > 0
+
     def requeue(self, jobs: list[Job]) -> None:
         """Put jobs that never reached a worker process back at the head of the line, in order.
 

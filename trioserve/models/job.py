@@ -31,6 +31,7 @@ class Job:
     command: int = pb.PREDICT
     enqueued_at: float = 0.0
     url_version: str | None = None  # the version the request named, for its metrics' labels
+    envelope: str = ""  # the KServe envelope its route implies; "" = the model's own
     cancelled: bool = False
     _send: trio.MemorySendChannel[Outcome] = field(init=False, repr=False)
     _recv: trio.MemoryReceiveChannel[Outcome] = field(init=False, repr=False)
@@ -51,6 +52,7 @@ class Job:
     def to_wire(self) -> pb.Request:
         return pb.Request(
             request_id=self.request_id,
+            envelope=self.envelope,
             headers=[pb.Header(name=k, value=v) for k, v in self.headers],
             inputs=[
                 pb.Input(name=i.name, content_type=i.content_type, value=i.value)

@@ -9,6 +9,13 @@ or answers with a body over ``max_response_size`` fails with "Worker died." (507
 SIGKILL, as for TorchServe's exit code 137); the process is killed and started again. A batch
 the process never received (it was already dead, or we were cancelled before the frame was
 written) goes back to the batcher for the next worker instead.
+
+Pipelining: while a batch runs and jobs are waiting in the queue, the supervisor asks for the
+next batch and writes it to the process's socket, so the process starts on it the moment it has
+answered the current one (the frame round trip hides behind the handler's compute). The process
+runs batches one at a time, in order, so a next batch whose predecessor never answered was never
+started: when the incarnation fails it goes back to the batcher, exactly like a batch that never
+reached the process. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import datetime
 import enum
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -35,6 +43,10 @@ logger = logging.getLogger(__name__)
 # TorchServe's back-off between restarts of a failing worker, in seconds (contract §8.1).
 BACKOFF_S = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597)
 READ_CHUNK = 1 << 20
+# A busy worker takes its next batch early only when batches take at least this long: the
+# channel round trip it hides is well under a millisecond, while asking early costs the frontend
+# a task per batch, a loss where the handler itself takes no time (an echo).
+PREFETCH_MIN_BATCH_S = 0.002
 RESPONSE_TIMEOUT = "response timeout"
 
 
@@ -59,6 +71,15 @@ _TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     WorkerState.STOPPED: frozenset(),
     WorkerState.FAILED: frozenset({WorkerState.STOPPED}),
 }
+
+
+@dataclass
+class _Next:
+    """A batch taken while the current one runs: its live jobs, and whether its whole frame has
+    been written to the process (which then runs it right after the current one)."""
+
+    live: list[Job]
+    delivered: bool = False
 
 
 class _ProcessGone(Exception):
@@ -94,6 +115,10 @@ class WorkerSupervisor:
         self._idle_scope = trio.CancelScope()
         self._process: BackendProcess | None = None  # this incarnation's process
         self._served = 0  # requests this incarnation has been sent
+        self._prefetching = False  # asking for the next batch while one runs
+        self._prefetch_scope = trio.CancelScope()
+        self._next: _Next | None = None  # the batch queued at the process behind the current one
+        self._last_batch_s = 0.0  # how long the last batch took, send to final result
 
     @property
     def name(self) -> str:
@@ -124,6 +149,11 @@ class WorkerSupervisor:
                 self.cancel_scope.deadline, trio.current_time() + max(grace, 0.0)
             )
 
+    def ready_to_serve(self) -> bool:
+        """Loaded and serving now (idle or busy), and not on its way out: what readiness
+        probes count."""
+        return self.state in (WorkerState.READY, WorkerState.BUSY) and not self.retiring
+
     @property
     def waiting_for_work(self) -> bool:
         """Whether this worker is idle right now, waiting for the batch it asked for.
@@ -131,12 +161,9 @@ class WorkerSupervisor:
         The batcher checks it for each ask it takes off ``wants_work``: an ask left behind by a
         worker that has since died, been retired or been served must not form a batch.
         """
-        return (
-            self._waiting
-            and self.state is WorkerState.READY
-            and not self.retiring
-            and not self._process_exited()
-        )
+        idle = self._waiting and self.state is WorkerState.READY
+        prefetching = self._prefetching and self.state is WorkerState.BUSY
+        return (idle or prefetching) and not self.retiring and not self._process_exited()
 
     # -- the supervising loop ---------------------------------------------------------------
     async def run(self) -> None:
@@ -298,64 +325,134 @@ class WorkerSupervisor:
             raise _LoadFailed(reply.loaded.code, reply.loaded.message)
 
     async def _serve_batches(self) -> str | None:
-        while not self.retiring:
-            batch: list[Job] | None = None
-            with trio.CancelScope() as self._idle_scope:
-                # The ask names this worker: the batcher skips it if, by the time it is taken,
-                # the worker is no longer waiting here (see ``waiting_for_work``).
-                self._waiting = True
-                try:
-                    self.model.wants_work.send_nowait(self)
-                    if self._process is not None and self._process.exited:
-                        self._idle_scope.cancel()
-                    batch = await self.model.batches.receive()
-                finally:
-                    self._waiting = False
-            if batch is None:
-                raise _ProcessGone("process exited while idle")
-            self._set(WorkerState.BUSY)
-            # Only a batch that ends normally makes the worker READY again (or, due for
-            # recycling, RESTARTING); a failure leaves it to the incarnation to mark.
-            self._served += await self._run_batch(batch)
+        self._next = None
+        while True:
+            prefetched, self._next = self._next, None
+            if prefetched is None:
+                if self.retiring:
+                    return None
+                batch: list[Job] | None = None
+                with trio.CancelScope() as self._idle_scope:
+                    # The ask names this worker: the batcher skips it if, by the time it is
+                    # taken, the worker is no longer waiting here (see ``waiting_for_work``).
+                    self._waiting = True
+                    try:
+                        self.model.wants_work.send_nowait(self)
+                        if self._process is not None and self._process.exited:
+                            self._idle_scope.cancel()
+                        batch = await self.model.batches.receive()
+                    finally:
+                        self._waiting = False
+                if batch is None:
+                    raise _ProcessGone("process exited while idle")
+                self._set(WorkerState.BUSY)
+                # Only a batch that ends normally makes the worker READY again (or, due for
+                # recycling, RESTARTING); a failure leaves it to the incarnation to mark.
+                self._served += await self._run_batch(batch)
+            else:
+                self._served += await self._run_batch(prefetched.live, prefetched)
+            if self._next is not None:
+                continue  # still BUSY: the next batch is already at the process
             recycle = recycle_reason(self.model.settings.recycling, self._served, self.pid)
             if recycle is not None:
                 self._set(WorkerState.RESTARTING)
                 return recycle
             self._set(WorkerState.READY)
-        return None
 
-    async def _run_batch(self, jobs: list[Job]) -> int:
-        """Run one batch; returns how many requests it sent to the process."""
-        live = [j for j in jobs if not j.settled]
-        if not live:
-            return 0
+    def _batch_frame(self, live: list[Job]) -> pb.ToWorker:
         self._batch_seq += 1
         command = cast("pb.Command", live[0].command)
         batch = pb.Batch(
             batch_id=self._batch_seq, command=command, requests=[j.to_wire() for j in live]
         )
-        by_id = {j.request_id: j for j in live}
         now = trio.current_time()
         for job in live:
             self.model.observe_queue_wait(now - job.enqueued_at, job.url_version)
+        return pb.ToWorker(batch=batch)
+
+    def _may_prefetch(self) -> bool:
+        """Take the next batch now only when batches take long enough for it to pay
+        (PREFETCH_MIN_BATCH_S), when jobs are already waiting for one (no worker is idle then,
+        so none is passed over), and never when this worker is about to stop or to be recycled
+        (the next batch would hold it up)."""
+        policy = self.model.settings.recycling
+        return (
+            self._last_batch_s >= PREFETCH_MIN_BATCH_S
+            and not self.retiring
+            and policy.max_requests <= 0
+            and not policy.measures_rss
+            and self.model.batcher.has_waiting()
+        )
+
+    async def _prefetch(self) -> None:
+        """Ask for the next batch and write it to the process behind the current one.
+
+        Cancelled (``_prefetch_scope``) while still waiting for the batch, it takes nothing;
+        once it has the batch it finishes writing it (bounded by the current batch's timeout).
+        Never raises but Cancelled: a channel that breaks meanwhile is the current batch's
+        failure to report.
+        """
+        batch: list[Job] | None = None
+        with trio.CancelScope() as self._prefetch_scope:
+            self._prefetching = True
+            try:
+                self.model.wants_work.send_nowait(self)
+                batch = await self.model.batches.receive()
+            finally:
+                self._prefetching = False
+        if batch is None:
+            return
+        live = [j for j in batch if not j.settled]
+        if not live:
+            return
+        self._next = taken = _Next(live)
+        try:
+            await self._send(self._batch_frame(live))
+        except (_ProcessGone, FrameError):
+            return
+        taken.delivered = True
+
+    async def _run_batch(self, jobs: list[Job], prefetched: _Next | None = None) -> int:
+        """Run one batch (``prefetched``: one already taken, and maybe written, while the
+        previous batch ran); returns how many requests it sent to the process."""
+        if prefetched is not None:
+            live = prefetched.live
+            delivered = prefetched.delivered
+        else:
+            live = [j for j in jobs if not j.settled]
+            delivered = False
+        if not live:
+            return 0
+        by_id = {j.request_id: j for j in live}
+        now = trio.current_time()
         # Until the whole frame is written the process cannot have started on the batch: if it
         # turns out dead by then (or we are cancelled), another worker can serve these jobs.
-        delivered = False
+        finished = False
         try:
-            with trio.fail_after(self.model.settings.response_timeout):
-                if self._process_exited():
-                    raise _ProcessGone("process exited before the batch was sent")
-                await self._send(pb.ToWorker(batch=batch))
-                delivered = True
-                while True:
-                    reply = await self._receive()
-                    if reply.WhichOneof("kind") != "result":
-                        raise _ProcessGone("worker sent an unexpected frame mid-batch")
-                    self._check_response_sizes(reply.result)
-                    if self._deliver(reply.result, by_id):
-                        elapsed = trio.current_time() - now
-                        self.model.metrics.batch_done(len(live), elapsed, reply.result.metrics)
-                        return len(live)
+            # As trio.fail_after, minus a generator-based context manager per batch.
+            with trio.move_on_after(self.model.settings.response_timeout):
+                if not delivered:
+                    if self._process_exited():
+                        raise _ProcessGone("process exited before the batch was sent")
+                    await self._send(self._batch_frame(live))
+                    delivered = True
+                if self._may_prefetch():
+                    failure: Exception | None = None
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._prefetch)
+                        try:
+                            await self._await_result(live, by_id, now)
+                        except (_ProcessGone, OSError, FrameError) as exc:
+                            failure = exc  # re-raised below, not as an ExceptionGroup
+                        finally:
+                            self._prefetch_scope.cancel()
+                    if failure is not None:
+                        raise failure
+                else:
+                    await self._await_result(live, by_id, now)
+                finished = True
+                return len(live)
+            raise trio.TooSlowError  # only the scope's deadline ends its body without a return
         except trio.TooSlowError:
             logger.error(
                 "%s: batch exceeded response_timeout (%d s); killing the worker",
@@ -383,16 +480,36 @@ class WorkerSupervisor:
                 self._fail_all(live, WorkerDied(message, code=507 if killed else 500))
             raise
         finally:
+            # A next batch taken behind one that did not finish was never started by the
+            # process (it runs batches in order): it goes back to the head of the line.
+            waiting: list[Job] = []
+            if not finished and self._next is not None:
+                waiting, self._next = self._next.live, None
             if delivered and self._requeue_in_flight:
                 # Retired past its scale-down grace: the process is killed, but the jobs did
                 # nothing wrong; another worker runs them.
-                self.model.requeue([j for j in live if not j.done])
+                self.model.requeue([j for j in live if not j.done] + waiting)
             elif delivered:
                 # Timed out, or cancelled mid-batch (the model version or the server is
                 # stopping): the process is killed, so nobody else will answer these jobs.
                 self._fail_all(live, WorkerDied())
+                if waiting:
+                    self.model.requeue(waiting)
             else:
-                self.model.requeue(live)
+                self.model.requeue(live + waiting)
+
+    async def _await_result(self, live: list[Job], by_id: dict[str, Job], started: float) -> None:
+        """Read the process's frames for the batch in flight until its final result."""
+        while True:
+            reply = await self._receive()
+            if reply.WhichOneof("kind") != "result":
+                raise _ProcessGone("worker sent an unexpected frame mid-batch")
+            self._check_response_sizes(reply.result)
+            if self._deliver(reply.result, by_id):
+                elapsed = trio.current_time() - started
+                self._last_batch_s = elapsed
+                self.model.metrics.batch_done(len(live), elapsed, reply.result.metrics)
+                return
 
     def _process_exited(self) -> bool:
         return self._process is not None and self._process.has_exited()
