@@ -34,7 +34,10 @@ def protos(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
-    """Load scenarios against a real server; prints figures, asserts nothing."""
+    """Load scenarios against a real server (needs wrk; the chart needs the ``bench`` extra);
+    prints figures, asserts nothing. ``nox -s bench -- --vs-torchserve`` also installs
+    TorchServe 0.12.0 in its own venv and reports every figure as a ratio to it; ``-- --help``
+    lists the options. Not part of CI: the figures depend on the machine."""
     session.run("python", "-m", "bench.run", *session.posargs)
 
 

@@ -57,6 +57,17 @@ class FrameDecoder(Generic[M]):
     def pending_bytes(self) -> int:
         return len(self._buf) - self._pos
 
+    @property
+    def missing_bytes(self) -> int:
+        """How many more bytes the frame in progress needs (0: none begun, or its length not
+        read yet). A reader sizes its next read by it: a read buffer far larger than the data
+        costs an allocation per call, one far smaller a call per slice of a big frame."""
+        pending = self.pending_bytes
+        if pending < _LENGTH.size:
+            return 0
+        (length,) = _LENGTH.unpack_from(self._buf, self._pos)
+        return max(0, _LENGTH.size + int(length) - pending)
+
     def next_frame(self) -> M | None:
         """The next complete message, or ``None`` if more data is needed.
 
@@ -72,10 +83,13 @@ class FrameDecoder(Generic[M]):
         if len(self._buf) - start < length:
             return None
         message: M = self._type()
+        view = memoryview(self._buf)[start : start + length]  # parsed in place, not copied
         try:
-            message.ParseFromString(bytes(self._buf[start : start + length]))
+            message.ParseFromString(view)  # type: ignore[arg-type]
         except DecodeError as exc:
             raise FrameError(f"undecodable frame: {exc}") from exc
+        finally:
+            view.release()  # the buffer is compacted below: no view may outlive this call
         self._pos = start + length
         if self._pos > 65536 and self._pos * 2 > len(self._buf):
             del self._buf[: self._pos]

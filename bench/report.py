@@ -158,14 +158,18 @@ def chart(path: Path, measurements: list[Measurement]) -> bool:
     for m in measurements:
         if m.concurrency is not None and REQS in m.metrics:
             curves.setdefault((m.group, m.server), []).append(m)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    groups = sorted({group for group, _ in curves})
+    palette = plt.get_cmap("tab10")
     for (group, server), points in sorted(curves.items()):
         points.sort(key=lambda m: m.concurrency or 0)
         xs = [m.concurrency for m in points]
-        style = "-" if server == TRIOSERVE else "--"
+        # One colour per scenario; solid for trioserve, dashed for TorchServe.
+        style = {"color": palette(groups.index(group) % 10), "marker": "o"}
+        style["linestyle"] = "-" if server == TRIOSERVE else "--"
         label = f"{group} ({server})"
-        left.plot(xs, [m.metrics[REQS] for m in points], style, marker="o", label=label)
-        right.plot(xs, [m.metrics.get(P99, math.nan) for m in points], style, marker="o")
+        left.plot(xs, [m.metrics[REQS] for m in points], label=label, **style)
+        right.plot(xs, [m.metrics.get(P99, math.nan) for m in points], **style)
     for axis, title in ((left, "requests/s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("concurrent connections")
@@ -173,7 +177,7 @@ def chart(path: Path, measurements: list[Measurement]) -> bool:
         axis.grid(True, alpha=0.3)
     right.set_yscale("log")
     figure.legend(loc="lower center", ncol=4, fontsize="small")
-    figure.tight_layout(rect=(0, 0.12, 1, 1))
+    figure.tight_layout(rect=(0, 0.16, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True

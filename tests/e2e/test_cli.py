@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples" / "models"
-START_LIMIT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.spawn import (
+    EXAMPLES,
+    START_LIMIT_S,
+    env_for,
+    free_ports,
+    spawned,
+    stop,
+    trioserve,
+    wait_ready,
+    write_properties,
+)
 
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    return {"inference": free_port(), "management": free_port(), "metrics": free_port()}
+    return free_ports()
 
 
 @pytest.fixture
@@ -37,89 +35,16 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def env_for(workdir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["TMPDIR"] = str(workdir / "tmp")  # isolates the pid file from any other server
-    env["LOG_LOCATION"] = str(workdir / "logs")
-    return env
-
-
-def write_properties(workdir: Path, ports: dict[str, int], extra: str = "") -> Path:
-    path = workdir / "config.properties"
-    path.write_text(
-        f"inference_address=http://127.0.0.1:{ports['inference']}\n"
-        f"management_address=http://127.0.0.1:{ports['management']}\n"
-        f"metrics_address=http://127.0.0.1:{ports['metrics']}\n"
-        "default_workers_per_model=1\n" + extra
-    )
-    return path
-
-
-def trioserve(*args: str, workdir: Path, **kwargs: object) -> list[str]:
-    return [sys.executable, "-m", "trioserve", *args]
-
-
-def wait_for_line(process: subprocess.Popen[str], text: str) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + START_LIMIT_S
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"{text!r} not seen; output was:\n{''.join(lines)}")
-
-
-def wait_ready(base: str, model: str) -> None:
-    deadline = time.monotonic() + START_LIMIT_S
-    while time.monotonic() < deadline:
-        try:
-            described = httpx.get(f"{base}/models/{model}", timeout=5).json()
-            if described[0]["workers"] and all(
-                w["status"] == "READY" for w in described[0]["workers"]
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"model {model} never became ready")
-
-
 @pytest.fixture
-def foreground(workdir: Path, ports: dict[str, int]) -> Iterator[subprocess.Popen[str]]:
+def foreground(workdir: Path, ports: dict[str, int]) -> Iterator[subprocess.Popen[bytes]]:
     config = write_properties(workdir, ports)
-    process = subprocess.Popen(
-        [
-            *trioserve("run", workdir=workdir),
-            "--ts-config",
-            str(config),
-            "--model-store",
-            str(EXAMPLES),
-            "--models",
-            "all",
-        ],
-        cwd=workdir,
-        env=env_for(workdir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_line(process, "Model server started.")
+    args = ["--ts-config", str(config), "--model-store", str(EXAMPLES), "--models", "all"]
+    with spawned(args, workdir) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def test_run_serves_the_shipped_examples_and_stops_on_sigterm(
-    foreground: subprocess.Popen[str], ports: dict[str, int]
+    foreground: subprocess.Popen[bytes], ports: dict[str, int]
 ) -> None:
     inference = f"http://127.0.0.1:{ports['inference']}"
     management = f"http://127.0.0.1:{ports['management']}"
@@ -133,22 +58,25 @@ def test_run_serves_the_shipped_examples_and_stops_on_sigterm(
     result = httpx.post(f"{inference}/predictions/tiny_cnn", json=image, timeout=60).json()
     assert set(result) == {"class", "probabilities"}
     assert abs(sum(result["probabilities"]) - 1) < 1e-3
-    foreground.send_signal(signal.SIGTERM)
-    assert foreground.wait(timeout=60) == 0
+    assert stop(foreground) == 0
+
+
+def run_to_exit(workdir: Path, *args: str, limit_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """`trioserve ARGS…` in ``workdir``, run until it exits, its output captured."""
+    return subprocess.run(
+        trioserve(*args),
+        cwd=workdir,
+        env=env_for(workdir),
+        capture_output=True,
+        text=True,
+        timeout=limit_s,
+    )
 
 
 def test_start_stop_with_pid_file(workdir: Path, ports: dict[str, int]) -> None:
     config = write_properties(workdir, ports)
-    env = env_for(workdir)
     args = ["--ts-config", str(config), "--model-store", str(EXAMPLES), "--models", "echo"]
-    started = subprocess.run(
-        [*trioserve("start", workdir=workdir), *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=START_LIMIT_S,
-    )
+    started = run_to_exit(workdir, "start", *args, limit_s=START_LIMIT_S)
     assert started.returncode == 0, started.stdout + started.stderr
     pid_file = workdir / "tmp" / ".model_server.pid"
     pid = int(pid_file.read_text())
@@ -156,52 +84,23 @@ def test_start_stop_with_pid_file(workdir: Path, ports: dict[str, int]) -> None:
         # `start` returns once the server is up: no waiting needed before the first call.
         ping = httpx.get(f"http://127.0.0.1:{ports['inference']}/ping")
         assert ping.status_code == 200
-        again = subprocess.run(
-            [*trioserve("start", workdir=workdir), *args],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        again = run_to_exit(workdir, "start", *args)
         assert again.returncode == 1
         assert "already running" in again.stderr
     finally:
-        stopped = subprocess.run(
-            [*trioserve("stop", workdir=workdir)],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        stopped = run_to_exit(workdir, "stop", limit_s=90)
     assert stopped.returncode == 0
     assert stopped.stdout.strip() == "trioserve has stopped."
     assert not pid_file.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    not_running = subprocess.run(
-        [*trioserve("stop", workdir=workdir)], cwd=workdir, env=env, capture_output=True, text=True
-    )
+    not_running = run_to_exit(workdir, "stop")
     assert not_running.stdout.strip() == "trioserve is not currently running."
 
 
 def test_bad_config_value_stops_the_start(workdir: Path, ports: dict[str, int]) -> None:
     config = write_properties(workdir, ports, "job_queue_size=lots\n")
-    result = subprocess.run(
-        [
-            *trioserve("run", workdir=workdir),
-            "--ts-config",
-            str(config),
-            "--model-store",
-            str(EXAMPLES),
-        ],
-        cwd=workdir,
-        env=env_for(workdir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_to_exit(workdir, "run", "--ts-config", str(config), "--model-store", str(EXAMPLES))
     assert result.returncode == 2
     assert "job_queue_size" in result.stderr
     assert "lots" in result.stderr
@@ -209,14 +108,7 @@ def test_bad_config_value_stops_the_start(workdir: Path, ports: dict[str, int]) 
 
 def test_missing_model_store_is_refused(workdir: Path, ports: dict[str, int]) -> None:
     config = write_properties(workdir, ports)
-    result = subprocess.run(
-        [*trioserve("run", workdir=workdir), "--ts-config", str(config)],
-        cwd=workdir,
-        env=env_for(workdir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_to_exit(workdir, "run", "--ts-config", str(config))
     assert result.returncode == 2
     assert "Missing mandatory parameter --model-store" in result.stderr
 
@@ -247,35 +139,10 @@ def test_log_config_and_toml_config(workdir: Path, ports: dict[str, int]) -> Non
             }
         )
     )
-    process = subprocess.Popen(
-        [
-            *trioserve("run", workdir=workdir),
-            "--ts-config",
-            str(toml),
-            "--log-config",
-            str(log_config),
-            "--model-store",
-            str(EXAMPLES),
-            "--models",
-            "echo",
-        ],
-        cwd=workdir,
-        env=env_for(workdir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_line(process, "Model server started.")
+    args = ["--ts-config", str(toml), "--log-config", str(log_config)]
+    with spawned([*args, "--model-store", str(EXAMPLES), "--models", "echo"], workdir) as process:
         httpx.get(f"http://127.0.0.1:{ports['inference']}/ping")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+        assert stop(process) == 0
     text = log_file.read_text()
     assert "trioserve.server|Model server started." in text
     assert "trioserve.access|" in text

@@ -21,7 +21,6 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.test_cli import env_for, free_port
 from tests.support.kserve import (
     MOUNT,
     container_for,
@@ -31,6 +30,7 @@ from tests.support.kserve import (
     runtimes,
 )
 from tests.support.models import expected_probs
+from tests.support.spawn import env_for, free_port
 from trioserve.grpc._proto import open_inference_pb2 as oip
 
 START_LIMIT_S = 120.0

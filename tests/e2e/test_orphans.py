@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 from tests.support.models import handler_archive
+from tests.support.spawn import START_LIMIT_S, free_ports, spawned
 
 ROOT = Path(__file__).resolve().parents[2]
-START_LIMIT_S = 120.0
 # The promise: every worker is gone this soon after the frontend was killed.
 FOLLOW_LIMIT_S = 2.0
 
@@ -40,12 +40,6 @@ def handle(data, context):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def alive(pid: int) -> bool:
     """Whether ``pid`` still runs; a zombie waiting for its new parent to reap it does not."""
     try:
@@ -55,7 +49,7 @@ def alive(pid: int) -> bool:
 
 
 class Frontend:
-    def __init__(self, process: subprocess.Popen[str], management: str, inference: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], management: str, inference: str) -> None:
         self.process = process
         self.management = management
         self.inference = inference
@@ -84,44 +78,25 @@ def frontend(tmp_path: Path) -> Iterator[Frontend]:
     (tmp_path / "tmp").mkdir()
     marker = tmp_path / "busy"
     handler_archive(store, "busy", BUSY_HANDLER.format(marker=str(marker)))
-    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    ports = free_ports()
     config = tmp_path / "config.properties"
     config.write_text(
         "".join(f"{name}_address=http://127.0.0.1:{port}\n" for name, port in ports.items())
         + "default_workers_per_model=2\n"
     )
-    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), LOG_LOCATION=str(tmp_path / "logs"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trioserve",
-            "run",
-            "--ts-config",
-            str(config),
-            "--model-store",
-            str(store),
-            "--models",
-            "busy=busy.mar",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    started = Frontend(
-        process,
-        f"http://127.0.0.1:{ports['management']}",
-        f"http://127.0.0.1:{ports['inference']}",
-    )
+    args = ["--ts-config", str(config), "--model-store", str(store), "--models", "busy=busy.mar"]
+    started: Frontend | None = None
     try:
-        yield started
+        with spawned(args, tmp_path) as process:
+            started = Frontend(
+                process,
+                f"http://127.0.0.1:{ports['management']}",
+                f"http://127.0.0.1:{ports['inference']}",
+            )
+            yield started
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for pid in started.worker_pids:  # never leave a worker behind, even when failing
+        # Never leave a worker behind, even when failing.
+        for pid in started.worker_pids if started is not None else []:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 

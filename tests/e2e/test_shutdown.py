@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -11,15 +10,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.e2e.test_cli import (
-    env_for,
-    free_port,
-    trioserve,
-    wait_for_line,
-    wait_ready,
-    write_properties,
-)
 from tests.support.models import handler_archive
+from tests.support.spawn import free_ports, spawned, wait_ready, write_properties
 
 SLOW_HANDLER = """
 import time
@@ -53,26 +45,10 @@ def test_sigterm_answers_the_request_in_flight_and_stops_everything(tmp_path: Pa
     store = tmp_path / "store"
     store.mkdir()
     handler_archive(store, "slow", SLOW_HANDLER)
-    ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
+    ports = free_ports()
     config = write_properties(tmp_path, ports)
-    process = subprocess.Popen(
-        [
-            *trioserve("run", workdir=tmp_path),
-            "--ts-config",
-            str(config),
-            "--model-store",
-            str(store),
-            "--models",
-            "slow.mar",
-        ],
-        cwd=tmp_path,
-        env=env_for(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_line(process, "Model server started.")
+    args = ["--ts-config", str(config), "--model-store", str(store), "--models", "slow.mar"]
+    with spawned(args, tmp_path) as process:
         base = f"http://127.0.0.1:{ports['inference']}"
         management = f"http://127.0.0.1:{ports['management']}"
         wait_ready(management, "slow")
@@ -111,9 +87,3 @@ def test_sigterm_answers_the_request_in_flight_and_stops_everything(tmp_path: Pa
         assert result["reply"].content == b"finished"
         assert process.wait(timeout=40) == 0
         wait_for(lambda: not any(psutil.pid_exists(p) for p in worker_pids), 10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()

@@ -6,12 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +17,12 @@ import httpx
 import pytest
 
 from tests.support.models import ECHO_HANDLER, INSPECT_HANDLER, handler_archive
+from tests.support.spawn import START_LIMIT_S, free_ports, spawned, stop, trioserve
 from trioserve.config import Address, default_config
 from trioserve.config_sources import parse_properties
 from trioserve.models import snapshot
 from trioserve.models.snapshot import VersionState
 
-START_LIMIT_S = 120.0
-STOP_LIMIT_S = 60.0
 # What describe says about a version that a restart must bring back.
 KEPT = (
     "modelName",
@@ -39,12 +36,6 @@ KEPT = (
     "responseTimeout",
     "startupTimeout",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclasses.dataclass
@@ -104,61 +95,19 @@ class Site:
 def site(tmp_path: Path) -> Site:
     (tmp_path / "tmp").mkdir()
     (tmp_path / "store").mkdir()
-    ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
-    return Site(tmp_path, ports)
-
-
-class Server:
-    """`trioserve run` in the site's directory, its output in a file (a pipe nobody reads
-    could fill up and stall the server)."""
-
-    def __init__(self, site: Site, *args: str) -> None:
-        self.output = site.root / f"run-{time.monotonic_ns()}.log"
-        with open(self.output, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "trioserve", "run", *args],
-                cwd=site.root,
-                env=site.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_started(self) -> None:
-        deadline = time.monotonic() + START_LIMIT_S
-        while time.monotonic() < deadline:
-            if "Model server started." in self.text():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"the server did not start; output was:\n{self.text()}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=STOP_LIMIT_S)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    return Site(tmp_path, free_ports())
 
 
 @pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.kill()
+def servers() -> Iterator[ExitStack]:
+    """Where ``start`` leaves the servers of a test: each is killed after it, if still running."""
+    with ExitStack() as started:
+        yield started
 
 
-def start(servers: list[Server], site: Site, *args: str) -> Server:
-    server = Server(site, *args)
-    servers.append(server)
-    server.wait_started()
-    return server
+def start(servers: ExitStack, site: Site, *args: str) -> subprocess.Popen[bytes]:
+    """`trioserve run ARGS…` in the site's directory, once it has started."""
+    return servers.enter_context(spawned(list(args), site.root, env=site.env()))
 
 
 def ok(response: httpx.Response) -> Any:
@@ -201,7 +150,7 @@ def models_in(path: Path) -> dict[str, dict[str, VersionState]]:
 
 
 def test_restart_restores_models_versions_default_and_workers(
-    site: Site, servers: list[Server]
+    site: Site, servers: ExitStack
 ) -> None:
     handler_archive(site.store, "echo", ECHO_HANDLER, filename="echo_v1.mar")
     handler_archive(site.store, "echo", ECHO_HANDLER, version="2.0", filename="echo_v2.mar")
@@ -239,7 +188,7 @@ def test_restart_restores_models_versions_default_and_workers(
     before = kept(site)
     assert before["defaults"] == {"echo": "2.0", "fetched": "1.0", "renamed": "1.0"}
     assert before["versions"][("renamed", "1.0")]["modelUrl"] == str(inspect)
-    assert first.stop() == 0
+    assert stop(first) == 0
 
     names = site.snapshot_names()
     kinds = [name.split("-", 1)[1] for name in names]  # sorted by stamp = order written
@@ -273,10 +222,10 @@ def test_restart_restores_models_versions_default_and_workers(
     assert not (site.store / "fetched.mar").exists()
     assert (elsewhere / "fetched.mar").is_file()
     assert "fetched" not in models_in(site.snapshots / site.snapshot_names()[-1])
-    assert second.stop() == 0
+    assert stop(second) == 0
 
 
-def test_ncs_neither_restores_nor_writes_snapshots(site: Site, servers: list[Server]) -> None:
+def test_ncs_neither_restores_nor_writes_snapshots(site: Site, servers: ExitStack) -> None:
     handler_archive(site.store, "echo", ECHO_HANDLER)
     planted = site.plant_snapshot({"echo": {"1.0": VersionState("echo.mar", True, 0, 0)}})
     site.write_properties()
@@ -284,7 +233,7 @@ def test_ncs_neither_restores_nor_writes_snapshots(site: Site, servers: list[Ser
     assert ok(httpx.get(f"{site.management}/models")) == {"models": []}
     ok(httpx.post(f"{site.management}/models?url=echo.mar"))
     ok(httpx.put(f"{site.management}/models/echo?min_worker=0&synchronous=true"))
-    assert server.stop() == 0
+    assert stop(server) == 0
     assert site.snapshot_names() == [planted.name]
 
 
@@ -298,7 +247,7 @@ def test_snapshot_naming_a_missing_archive_stops_the_start(site: Site) -> None:
     )
     before = site.snapshot_names()
     result = subprocess.run(
-        [sys.executable, "-m", "trioserve", "run"],
+        trioserve("run"),
         cwd=site.root,
         env=site.env(),
         capture_output=True,

@@ -3,7 +3,6 @@ config snapshots that leave workflows (and their node models) out across a resta
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_cli import EXAMPLES, env_for, free_port, trioserve, wait_for_line
-from tests.e2e.test_cli import write_properties as write_config
+from tests.support.spawn import EXAMPLES, free_ports, spawned, stop, trioserve, write_properties
 from tests.support.workflows import WORKFLOW_HANDLER
 
 SPEC = "models:\n  e:\n    url: echo\ndag:\n  pre: [e]\n"
@@ -27,30 +25,15 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    return {"inference": free_port(), "management": free_port(), "metrics": free_port()}
+    return free_ports()
 
 
 @contextmanager
-def running(workdir: Path, args: list[str]) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [*trioserve("run", workdir=workdir), *args],
-        cwd=workdir,
-        env=env_for(workdir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_line(process, "Model server started.")
+def running(workdir: Path, args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The server for the block; stopped by SIGTERM after it (exit 0), killed if it fails."""
+    with spawned(args, workdir) as process:
         yield process
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+        assert stop(process) == 0
 
 
 def test_workflow_is_served_from_the_workflow_store_and_never_snapshotted(
@@ -64,7 +47,7 @@ def test_workflow_is_served_from_the_workflow_store_and_never_snapshotted(
     store.mkdir()
     archived = subprocess.run(
         [
-            *trioserve("workflow-archive", workdir=workdir),
+            *trioserve("workflow-archive"),
             "--workflow-name",
             "flow",
             "--spec-file",
@@ -82,7 +65,7 @@ def test_workflow_is_served_from_the_workflow_store_and_never_snapshotted(
     assert archived.returncode == 0, archived.stderr
     assert (store / "flow.war").is_file()
 
-    config = write_config(workdir, ports)
+    config = write_properties(workdir, ports)
     args = ["--ts-config", str(config), "--model-store", str(EXAMPLES)]
     args += ["--workflow-store", str(store)]
     inference = f"http://127.0.0.1:{ports['inference']}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ import trio
 
 from tests.conftest import LOCAL, Server
 from tests.support.models import ECHO_HANDLER, handler_archive
+from tests.support.spawn import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.skipif(
     PROMETHEUS is None,
     reason="needs the prometheus binary (apt-get install prometheus); .ci/run installs it",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOCAL, 0))
-        return int(probe.getsockname()[1])
 
 
 def scrape_config(metrics_port: int) -> str:

@@ -306,3 +306,53 @@ async def test_a_registration_the_client_abandons_leaves_nothing(
         nursery.cancel_scope.cancel()  # the client leaves while the workers still load
     await wait_until(nothing_left)
     assert (await server.management.get("/workflows")).json() == {"workflows": []}
+
+
+DISCONNECT_SPEC = """
+models:
+  slow:
+    url: sum.mar
+    min-workers: 1
+    max-workers: 1
+dag:
+  pre: [slow]
+  slow: [record]
+"""
+
+# Appends each input it gets to a file: shows which requests' DAGs reached the last node.
+RECORD_FUNCTION = """
+
+LOG = {log!r}
+
+
+def record(data, context):
+    if data is None:
+        return None
+    with open(LOG, "a") as f:
+        for row in data:
+            f.write(json.dumps(json.loads(_text(row["body"]))) + "\\n")
+    return [{{"recorded": True}} for row in data]
+"""
+
+
+async def test_a_client_disconnect_cancels_the_rest_of_the_dag(
+    server: Server, model_store: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "recorded"
+    handler_archive(model_store, "sum", SUM_MODEL)
+    source = WORKFLOW_HANDLER + RECORD_FUNCTION.format(log=str(log))
+    workflow_archive(model_store, "gone", DISCONNECT_SPEC, source)
+    assert (await _register(server, "gone.war")).status_code == 200
+    # The first client leaves while its request is in the slow model.
+    with pytest.raises(httpx.ReadTimeout):
+        await server.inference.post(
+            "/wfpredict/gone",
+            content="1,2",
+            headers={"content-type": "text/plain", "x-sleep": "2"},
+            timeout=0.5,
+        )
+    # The second queues behind it on the model's one worker, so when it is answered the first
+    # has left the model too; had its DAG gone on, its record call would have come first.
+    second = await _wfpredict(server, "gone", "3,4")
+    assert second.status_code == 200, second.text
+    assert log.read_text().splitlines() == ['{"sum": 7.0}']

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import boto3
 
 from tests.support.local_http import serving
+from tests.support.spawn import free_port
 
 LOCAL = "127.0.0.1"
 REGION = "us-east-1"
@@ -58,13 +58,6 @@ class S3Site:
 
     def http_url(self, key: str, bucket: str | None = None) -> str:
         return f"{self.endpoint}/{bucket or self.bucket}/{key}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCAL, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(url: str, timeout: float = 2.0) -> int:

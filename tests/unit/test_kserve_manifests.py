@@ -296,10 +296,10 @@ def test_each_runtime_exposes_the_one_port_knative_routes_to(
     ]
 
 
-def test_readiness_is_probed_on_the_served_port_with_ping() -> None:
+def test_readiness_is_probed_on_the_served_port_with_v2_ready() -> None:
     container = _container(REST_RUNTIME)
     probe = container["readinessProbe"]["httpGet"]
-    assert probe == {"path": "/ping", "port": container["ports"][0]["containerPort"]}
+    assert probe == {"path": "/v2/health/ready", "port": container["ports"][0]["containerPort"]}
 
 
 @pytest.mark.parametrize("name", [REST_RUNTIME, GRPC_RUNTIME])

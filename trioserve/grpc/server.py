@@ -14,6 +14,7 @@ import socket
 import ssl
 import weakref
 from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 import trio_asyncio
@@ -36,6 +37,8 @@ Service = InferenceService | ManagementService | OpenInferenceService
 # After the drain (bounded by the caller's deadline), grpclib's close() cancels what still runs;
 # this bounds the wait for those calls to unwind.
 CLOSE_GRACE_S = 5.0
+# An aborted connection is lost within a few loop turns; this bounds that wait all the same.
+ABORT_WAIT_S = 1.0
 INFERENCE = "grpc_inference"
 MANAGEMENT = "grpc_management"
 
@@ -98,16 +101,44 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Protocol(H2Protocol):
+    """grpclib's protocol, holding its transport until the connection is lost. Closing a
+    transport only starts its end: unsent bytes are flushed and a TLS connection waits for the
+    peer's close_notify (asyncio allows 30 s), on the loop. Should the loop end first, the
+    transport and its socket are left to the garbage collector (an "unclosed transport"
+    ResourceWarning), so a shutdown waits for ``lost`` and aborts what is still open."""
+
+    def __init__(self, made: H2Protocol) -> None:
+        super().__init__(made.handler, made.config, made.h2_config)
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's: it has abort()
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self.transport = None
+            if not self.lost.done():
+                self.lost.set_result(None)
+
+
 class _Server(Server):
     """grpclib's Server, remembering its connections: its ``close()`` stops listening and
-    cancels the calls but leaves the connections open, and a shutdown must close them."""
+    cancels the calls but leaves the connections open, and a shutdown must close them. Its
+    ``wait_closed()`` does not wait for them either: asyncio's ``Server.wait_closed()`` returns
+    at once once the listener is closed (Python before 3.12.1)."""
 
     def __init__(self, services: list[Service]) -> None:
         super().__init__(services)
-        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self._protocols: weakref.WeakSet[_Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
+        # grpclib's factory registers the connection's handler; ours keeps its transport.
+        protocol = _Protocol(super()._protocol_factory())
         self._protocols.add(protocol)
         return protocol
 
@@ -116,6 +147,22 @@ class _Server(Server):
             processor = getattr(protocol, "processor", None)  # set once connected
             if processor is not None:
                 processor.close("Server closed")
+
+    async def wait_connections_lost(self) -> None:
+        lost = [p.lost for p in self._protocols if p.transport is not None]
+        if lost:
+            await asyncio.wait(lost)
+
+    async def abort_connections(self) -> None:
+        """Drop the connections still open, unsent bytes and all, and wait until each is."""
+        aborted = []
+        for protocol in list(self._protocols):
+            if protocol.transport is not None:
+                protocol.transport.abort()
+                aborted.append(protocol.lost)
+        if aborted:
+            # Lost within a few loop turns: abort() only schedules connection_lost.
+            await asyncio.wait(aborted, timeout=ABORT_WAIT_S)
 
 
 async def _start(server: _Server, sock: socket.socket, context: ssl.SSLContext | None) -> None:
@@ -132,11 +179,19 @@ async def _drain(servers: list[_Server], bridge: Bridge) -> None:
 
 
 async def _close(servers: list[_Server]) -> None:
+    """Cancel the calls, close the connections and wait for both; when the caller's grace runs
+    out first (a TLS peer that never answers close_notify), abort the connections left, so no
+    transport outlives the loop."""
     for server in servers:
         server.close()
         server.close_connections()
-    for server in servers:
-        await server.wait_closed()
+    try:
+        for server in servers:
+            await server.wait_closed()
+            await server.wait_connections_lost()
+    finally:
+        for server in servers:
+            await server.abort_connections()
 
 
 async def serve_grpc(
@@ -153,7 +208,8 @@ async def serve_grpc(
     after the start is logged with its traceback and ends gRPC only.
     Resource handling: the drain waits for calls in flight for as long as the caller's cancel
     scope allows (``serve`` gives it the HTTP drain deadline); grpclib's ``close()`` then cancels
-    the rest, within CLOSE_GRACE_S.
+    the rest and the connections are closed, within CLOSE_GRACE_S; any connection still open
+    then is aborted, so that none outlives the loop.
     """
     config = state.config
     context = grpc_ssl_context(config) if config.enable_grpc_ssl else None

@@ -1,6 +1,9 @@
-"""The HTTP/1.1 connection loop: one task per connection, h11 as the protocol machine.
+"""The HTTP/1.1 connection loop: h11 as the protocol machine, two tasks per connection.
 
-This function owns the stream; h11 never sees it. Deadlines bound each wait on the peer: the
+This module owns the stream; h11 never sees it. The loop parses, dispatches and sends; a reader
+task is the only one receiving, for the connection's whole life (it feeds h11, wakes the loop,
+and doubles as the disconnect watcher while a handler runs). Deadlines bound each wait on the
+peer: the
 request head, the body, the idle gap between keep-alive requests and each slice of a send (their
 values, and the other limits, come in ``Limits``: see http/limits.py). Every one of them ends the
 connection when it passes, so they share one cancel scope around the connection's loop, whose
@@ -92,7 +95,7 @@ class HTTPConnection:
         self._data = trio.Event()  # set by the reader when it has fed h11
         self._fresh = False  # fed since the loop last asked h11 for an event
         self._room = trio.Event()  # set by the loop when the reader may read past the bound
-        self._handler_scope: trio.CancelScope | None = None  # around the handler while it runs
+        self._dispatching = False  # the handler is running: an EOF now ends the connection
 
     async def _reader(self) -> None:
         """The one task that receives from the stream, for the connection's whole life.
@@ -116,8 +119,10 @@ class HTTPConnection:
             if not data:
                 self._eof = True
                 self.conn.receive_data(b"")
-                if self._handler_scope is not None:
-                    self._handler_scope.cancel()
+                if self._dispatching:
+                    # The peer left before its answer: cancel the handler and the connection
+                    # with it (nothing is left to send), as _dispatch_watching says.
+                    self._deadline.cancel()
                 self._data.set()
                 return
             self._unparsed += len(data)
@@ -350,13 +355,14 @@ class HTTPConnection:
         """
         if self._eof:
             raise _ClientGone()  # the peer left right after its request
-        with trio.CancelScope() as scope:
-            self._handler_scope = scope
-            try:
-                response = await self._dispatch(request)
-            finally:
-                self._handler_scope = None
-        if scope.cancelled_caught or self._eof:
+        # No scope of its own: an EOF cancels the connection's scope, which ends the handler
+        # and the connection together (closing is all that is left to do then).
+        self._dispatching = True
+        try:
+            response = await self._dispatch(request)
+        finally:
+            self._dispatching = False
+        if self._eof:
             raise _ClientGone()
         return response
 

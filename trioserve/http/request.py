@@ -41,12 +41,13 @@ class Request:
 
     def __post_init__(self) -> None:
         raw_path, _, raw_query = self.target.partition("?")
-        self.path = urllib.parse.unquote(raw_path)
+        # The common target has neither escapes nor a query: skip the parsers' work then.
+        self.path = urllib.parse.unquote(raw_path) if "%" in raw_path else raw_path
         parts = self.path.split("/")
         while parts and parts[-1] == "":
             parts.pop()
         self.segments = tuple(parts[1:]) if parts and parts[0] == "" else tuple(parts)
-        self.query = urllib.parse.parse_qs(raw_query, keep_blank_values=True)
+        self.query = urllib.parse.parse_qs(raw_query, keep_blank_values=True) if raw_query else {}
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()

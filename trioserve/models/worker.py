@@ -42,7 +42,11 @@ logger = logging.getLogger(__name__)
 
 # TorchServe's back-off between restarts of a failing worker, in seconds (contract §8.1).
 BACKOFF_S = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597)
-READ_CHUNK = 1 << 20
+# Reads from a worker's channel: small by default, as most result frames are (a 1 MiB buffer
+# per read costs an allocation larger than glibc keeps on its heap, ~20 µs, on every result);
+# up to the large size while a big frame is known to be arriving.
+READ_CHUNK = 64 * 1024
+READ_CHUNK_LARGE = 1 << 20
 # A busy worker takes its next batch early only when batches take at least this long: the
 # channel round trip it hides is well under a millisecond, while asking early costs the frontend
 # a task per batch, a loss where the handler itself takes no time (an echo).
@@ -304,7 +308,10 @@ class WorkerSupervisor:
             if message is not None:
                 return message
             try:
-                data = await self._stream.receive_some(READ_CHUNK)
+                missing = self._decoder.missing_bytes
+                data = await self._stream.receive_some(
+                    READ_CHUNK if missing <= READ_CHUNK else min(missing, READ_CHUNK_LARGE)
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _ProcessGone("channel reset") from exc
             if not data:
@@ -328,29 +335,16 @@ class WorkerSupervisor:
         self._next = None
         while True:
             prefetched, self._next = self._next, None
-            if prefetched is None:
+            if prefetched is not None:
+                self._served += await self._run_batch(prefetched.live, prefetched)
+            else:
                 if self.retiring:
                     return None
-                batch: list[Job] | None = None
-                with trio.CancelScope() as self._idle_scope:
-                    # The ask names this worker: the batcher skips it if, by the time it is
-                    # taken, the worker is no longer waiting here (see ``waiting_for_work``).
-                    self._waiting = True
-                    try:
-                        self.model.wants_work.send_nowait(self)
-                        if self._process is not None and self._process.exited:
-                            self._idle_scope.cancel()
-                        batch = await self.model.batches.receive()
-                    finally:
-                        self._waiting = False
-                if batch is None:
-                    raise _ProcessGone("process exited while idle")
+                batch = await self._wait_for_batch()
                 self._set(WorkerState.BUSY)
                 # Only a batch that ends normally makes the worker READY again (or, due for
                 # recycling, RESTARTING); a failure leaves it to the incarnation to mark.
                 self._served += await self._run_batch(batch)
-            else:
-                self._served += await self._run_batch(prefetched.live, prefetched)
             if self._next is not None:
                 continue  # still BUSY: the next batch is already at the process
             recycle = recycle_reason(self.model.settings.recycling, self._served, self.pid)
@@ -358,6 +352,29 @@ class WorkerSupervisor:
                 self._set(WorkerState.RESTARTING)
                 return recycle
             self._set(WorkerState.READY)
+
+    async def _wait_for_batch(self) -> list[Job]:
+        """The next batch for this idle worker: taken at once when one is ready and nobody is
+        before it in line (``Batcher.batch_nowait``), else asked for and waited on."""
+        if not self._process_exited():
+            batch = self.model.batcher.batch_nowait()
+            if batch is not None:
+                return batch
+        received: list[Job] | None = None
+        with trio.CancelScope() as self._idle_scope:
+            # The ask names this worker: the batcher skips it if, by the time it is taken,
+            # the worker is no longer waiting here (see ``waiting_for_work``).
+            self._waiting = True
+            try:
+                self.model.wants_work.send_nowait(self)
+                if self._process is not None and self._process.exited:
+                    self._idle_scope.cancel()
+                received = await self.model.batches.receive()
+            finally:
+                self._waiting = False
+        if received is None:
+            raise _ProcessGone("process exited while idle")
+        return received
 
     def _batch_frame(self, live: list[Job]) -> pb.ToWorker:
         self._batch_seq += 1
