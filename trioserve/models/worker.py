@@ -120,7 +120,6 @@ class WorkerSupervisor:
         self._process: BackendProcess | None = None  # this incarnation's process
         self._served = 0  # requests this incarnation has been sent
         self._prefetching = False  # asking for the next batch while one runs
-        self._prefetch_scope = trio.CancelScope()
         self._next: _Next | None = None  # the batch queued at the process behind the current one
         self._last_batch_s = 0.0  # how long the last batch took, send to final result
 
@@ -401,16 +400,18 @@ class WorkerSupervisor:
             and self.model.batcher.has_waiting()
         )
 
-    async def _prefetch(self) -> None:
+    async def _prefetch(self, scope: trio.CancelScope) -> None:
         """Ask for the next batch and write it to the process behind the current one.
 
-        Cancelled (``_prefetch_scope``) while still waiting for the batch, it takes nothing;
-        once it has the batch it finishes writing it (bounded by the current batch's timeout).
-        Never raises but Cancelled: a channel that breaks meanwhile is the current batch's
-        failure to report.
+        Cancelled (``scope``, made by the caller, so cancelling it works even before this task
+        first runs) while still waiting for the batch, it takes nothing; once it has the batch
+        it finishes writing it (bounded by the current batch's timeout). Never raises but
+        Cancelled: a channel that breaks meanwhile is the current batch's failure to report.
         """
+        if scope.cancel_called:
+            return  # the current batch was answered before this task got to run
         batch: list[Job] | None = None
-        with trio.CancelScope() as self._prefetch_scope:
+        with scope:
             self._prefetching = True
             try:
                 self.model.wants_work.send_nowait(self)
@@ -455,14 +456,15 @@ class WorkerSupervisor:
                     delivered = True
                 if self._may_prefetch():
                     failure: Exception | None = None
+                    prefetch = trio.CancelScope()
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._prefetch)
+                        nursery.start_soon(self._prefetch, prefetch)
                         try:
                             await self._await_result(live, by_id, now)
                         except (_ProcessGone, OSError, FrameError) as exc:
                             failure = exc  # re-raised below, not as an ExceptionGroup
                         finally:
-                            self._prefetch_scope.cancel()
+                            prefetch.cancel()
                     if failure is not None:
                         raise failure
                 else:
