@@ -362,3 +362,30 @@ async def test_hostile_bodies_are_400_and_the_model_serves_on(tiny: Server) -> N
         assert set(r.json()) == {"error"}
     r = await tiny.inference.post("/v2/models/tiny/infer", json=V2_REQUEST)
     assert r.status_code == 200
+
+
+OIP_YAML = """
+oip:
+  platform: pytorch_torchscript
+  inputs:
+    - {name: input-0, datatype: FP32, shape: [-1, 4]}
+    - {name: broken, datatype: FLOAT, shape: [1]}
+  outputs:
+    - {name: output-0, datatype: FP64, shape: [-1, 3]}
+"""
+
+
+async def test_model_metadata_lists_the_tensors_model_config_declares(
+    server: Server, model_store: Path
+) -> None:
+    handler_archive(model_store, "sum", SUM_HANDLER, config_yaml=OIP_YAML)
+    await register(server, "sum.mar")
+    metadata = (await server.inference.get("/v2/models/sum")).json()
+    assert metadata == {
+        "name": "sum",
+        "versions": ["1.0"],
+        "platform": "pytorch_torchscript",
+        # The malformed declaration is left out; metadata never fails the call.
+        "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "output-0", "datatype": "FP64", "shape": [-1, 3]}],
+    }

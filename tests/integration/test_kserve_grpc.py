@@ -29,6 +29,11 @@ def handle(data, context):
         return None
     return [[tensor.upper()] for tensor in data]
 """
+UPPER_YAML = """
+oip:
+  inputs: [{name: text, datatype: BYTES, shape: [1]}]
+  outputs: [{name: text, datatype: BYTES, shape: [1]}]
+"""
 Code = grpc.StatusCode
 
 
@@ -88,7 +93,7 @@ async def rpc_error(fn: Callable[..., Any], *args: Any) -> grpc.RpcError:
 async def grpc_server(server_factory: Any, model_store: Path) -> Server:
     torchscript_archive(model_store, "tiny")
     handler_archive(model_store, "sum", SUM_HANDLER)
-    handler_archive(model_store, "upper", UPPER_HANDLER)
+    handler_archive(model_store, "upper", UPPER_HANDLER, config_yaml=UPPER_YAML)
     server: Server = await server_factory(make_config(model_store))
     for url in ("tiny.mar", "sum.mar", "upper.mar"):
         query = {"url": url, "initial_workers": "1", "synchronous": "true"}
@@ -114,6 +119,9 @@ async def test_server_and_model_status(stub: Any, kserve_pb: Any) -> None:
     assert ready.ready is True
     model = await call(stub.ModelMetadata, pb.ModelMetadataRequest(name="tiny"))
     assert (model.name, list(model.versions), model.platform) == ("tiny", ["1.0"], "pytorch")
+    upper = await call(stub.ModelMetadata, pb.ModelMetadataRequest(name="upper"))
+    assert [(t.name, t.datatype, list(t.shape)) for t in upper.inputs] == [("text", "BYTES", [1])]
+    assert [t.name for t in upper.outputs] == ["text"]
     error = await rpc_error(stub.ModelReady, pb.ModelReadyRequest(name="ghost"))
     assert error.code() == Code.NOT_FOUND
     assert error.details() == "Model not found: ghost"

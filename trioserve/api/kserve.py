@@ -71,19 +71,45 @@ def server_metadata() -> dict[str, Any]:
 
 
 def model_metadata(state: ServerState, name: str, version: str | None) -> dict[str, Any]:
-    """Name, versions (all of them, or the one asked for), platform; the tensors are not
-    known to the server (a handler takes what it takes), so the lists are empty."""
+    """Name, versions (all of them, or the one asked for), platform and tensors. A handler
+    takes what it takes, so the server knows the tensors only where the model says: an ``oip``
+    section of its model-config.yaml (``platform``, ``inputs``, ``outputs``, each tensor
+    ``{name, datatype, shape}``, -1 for a variable dimension); otherwise the lists are empty."""
     target = state.registry.resolve(name, version)
     versions = (
         [version] if version else [v.version for v in state.registry.models[name].sorted_versions()]
     )
+    declared = target.archive.model_config.raw.get("oip")
+    declared = declared if isinstance(declared, dict) else {}
+    platform = declared.get("platform")
     return {
         "name": target.name,
         "versions": versions,
-        "platform": PLATFORM,
-        "inputs": [],
-        "outputs": [],
+        "platform": platform if isinstance(platform, str) else PLATFORM,
+        "inputs": declared_tensors(declared.get("inputs")),
+        "outputs": declared_tensors(declared.get("outputs")),
     }
+
+
+def declared_tensors(value: Any) -> list[dict[str, Any]]:
+    """The well-formed tensor declarations of a model-config ``oip`` list (others are left
+    out: metadata is advice, never a reason to fail a call)."""
+    if not isinstance(value, list):
+        return []
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if (
+            isinstance(name, str)
+            and isinstance(datatype, str)
+            and datatype in oip.DATATYPES
+            and isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)
+        ):
+            out.append({"name": name, "datatype": datatype, "shape": shape})
+    return out
 
 
 # -- running a KServe job -------------------------------------------------------------------

@@ -101,8 +101,13 @@ class OpenInferenceService(GRPCInferenceServiceBase):
 
     async def _model_metadata(self, request: opb.ModelMetadataRequest) -> opb.ModelMetadataResponse:
         found = kserve.model_metadata(self._state, request.name, request.version or None)
+        tensor = opb.ModelMetadataResponse.TensorMetadata
         return opb.ModelMetadataResponse(
-            name=found["name"], versions=found["versions"], platform=found["platform"]
+            name=found["name"],
+            versions=found["versions"],
+            platform=found["platform"],
+            inputs=[tensor(**t) for t in found["inputs"]],
+            outputs=[tensor(**t) for t in found["outputs"]],
         )
 
     async def _infer(self, request: opb.ModelInferRequest) -> opb.ModelInferResponse:
