@@ -125,9 +125,7 @@ def kserve_job(
 ) -> Job:
     job_headers = [*headers, ("explain", "True" if explain else "False"), ("url_path", "")]
     command = pb.EXPLAIN if explain else pb.PREDICT
-    job = Job(request_id, [Input("body", body, JSON)], job_headers, command)
-    job.envelope = envelope
-    return job
+    return Job(request_id, [Input("body", body, JSON)], job_headers, command, envelope=envelope)
 
 
 async def run_job(model: ModelVersion, job: Job, version: str | None) -> pb.Response:

@@ -117,17 +117,26 @@ def check_tensor(tensor: Any, index: int) -> list[Any]:
     if not isinstance(name, str) or not name:
         raise TensorError(f'Input {index} needs a "name" string.')
     where = f"input {name!r}"
-    datatype = tensor.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise TensorError(f"Unknown datatype {datatype!r} of {where}; expected one of {_NAMES}.")
+    datatype = lookup_datatype(tensor.get("datatype"), where)
     shape = check_shape(tensor.get("shape"), where)
     _check_parameters(tensor.get("parameters"), where)
     if "data" not in tensor:
         raise TensorError(f'{where.capitalize()} has no "data".')
     flat = flatten(tensor["data"], len(shape), where)
     check_count(shape, len(flat), where)
-    check_elements(DATATYPES[datatype], flat, where)
+    check_elements(datatype, flat, where)
     return flat
+
+
+def lookup_datatype(name: Any, where: str) -> Datatype:
+    """The protocol datatype called ``name``.
+
+    Raises:
+        TensorError: ``name`` is not one (or not a string at all).
+    """
+    if not isinstance(name, str) or name not in DATATYPES:
+        raise TensorError(f"Unknown datatype {name!r} of {where}; expected one of {_NAMES}.")
+    return DATATYPES[name]
 
 
 def check_shape(shape: Any, where: str) -> list[int]:

@@ -184,12 +184,7 @@ def infer_document(request: opb.ModelInferRequest) -> dict[str, Any]:
     inputs = []
     for index, tensor in enumerate(request.inputs):
         where = f"input {tensor.name!r}"
-        datatype = oip.DATATYPES.get(tensor.datatype)
-        if datatype is None:
-            raise oip.TensorError(
-                f"Unknown datatype {tensor.datatype!r} of {where}; "
-                f"expected one of {', '.join(oip.DATATYPES)}."
-            )
+        datatype = oip.lookup_datatype(tensor.datatype, where)
         shape = oip.check_shape(list(tensor.shape), where)
         if raw:
             data = oip.unpack_raw(datatype, shape, raw[index], where)
