@@ -14,7 +14,6 @@ the signal was armed (checked right after arming it).
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import logging
 import os
@@ -76,19 +75,39 @@ def follow_parent(parent: int) -> None:
     ).start()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_fast(argv: list[str]) -> tuple[int, int | None] | None:
+    """(fd, parent pid) from exactly the frontend's ``--fd N --parent-pid P``, else None."""
+    if len(argv) == 4 and argv[0] == "--fd" and argv[2] == "--parent-pid":
+        if all(a.isascii() and a.isdigit() for a in (argv[1], argv[3])):
+            return int(argv[1]), int(argv[3])
+    return None
+
+
+def _parse(argv: list[str] | None) -> tuple[int, int | None]:
+    fast = _parse_fast(sys.argv[1:] if argv is None else argv)
+    if fast is not None:
+        return fast
+    # Anything else (help, an error to report): argparse, imported only here because it, and
+    # the shutil, bz2 and lzma it pulls in, cost every worker about 1 MiB.
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m backend")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to the frontend")
     parser.add_argument(
         "--parent-pid", type=int, help="exit when this process is gone (default: our parent)"
     )
     args = parser.parse_args(argv)
+    return args.fd, args.parent_pid
+
+
+def main(argv: list[str] | None = None) -> int:
+    fd, parent = _parse(argv)
     # First, before any import could start a thread that would not inherit the signal's block.
-    follow_parent(args.parent_pid if args.parent_pid is not None else os.getppid())
+    follow_parent(parent if parent is not None else os.getppid())
     from backend.worker import run
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    return run(args.fd)
+    return run(fd)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ plain ModuleNotFoundError naming it.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Sequence
+
+# importlib.abc's Loader is this very class; importlib.abc itself would pull importlib.resources
+# (tempfile, shutil, zipfile, ...: about 1 MiB) into every worker.
+from importlib._abc import Loader
 from types import ModuleType
 
 TS_VERSION = "0.12.0"
@@ -41,7 +44,7 @@ PREFIXES: dict[str, str] = {"ts.torch_handler.": "backend.handlers."}
 PACKAGES = frozenset({"ts", "ts.utils", "ts.handler_utils", "ts.protocol", "ts.metrics"})
 
 
-class _PackageLoader(importlib.abc.Loader):
+class _PackageLoader(Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None  # the default: an empty module, with ``__path__`` from the spec
 
@@ -51,7 +54,7 @@ class _PackageLoader(importlib.abc.Loader):
             module.__dict__["__version__"] = TS_VERSION
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader(Loader):
     """Hands out the target module itself, leaving its own ``__spec__`` as it was."""
 
     def __init__(self, target: str) -> None:
@@ -70,8 +73,12 @@ class _AliasLoader(importlib.abc.Loader):
             module.__spec__ = self._own_spec
 
 
-class TsFinder(importlib.abc.MetaPathFinder):
-    """Finds the ``ts`` names trioserve provides."""
+class TsFinder:
+    """Finds the ``ts`` names trioserve provides (a meta path finder; not derived from
+    importlib.abc.MetaPathFinder, whose module costs a worker about 1 MiB)."""
+
+    def invalidate_caches(self) -> None:
+        """Nothing is cached (importlib.invalidate_caches calls this)."""
 
     def find_spec(
         self,

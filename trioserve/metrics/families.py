@@ -16,15 +16,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from typing import TYPE_CHECKING
 
 from trioserve.metrics.spec import COUNTER, GAUGE, HISTOGRAM
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +111,13 @@ class Family:
 
     def to_prometheus(self) -> Metric:
         """The prometheus-client family, its samples in recording order."""
+        # Only a scrape gets here: see registry.py on importing prometheus-client lazily.
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         family: Metric
         if self.metric_type == HISTOGRAM:
             family = HistogramMetricFamily(self.name, self.documentation)

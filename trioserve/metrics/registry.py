@@ -20,16 +20,19 @@ import platform
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Protocol
-
-from prometheus_client import generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Protocol
 
 from backend.wire import pb
 from trioserve.metrics import logfmt
 from trioserve.metrics.families import Family, Labels, family_for, label_name
 from trioserve.metrics.spec import COUNTER, GAUGE, HISTOGRAM, MetricSpec, MetricsSpec, load_spec
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+# prometheus-client (with the http.server, wsgiref and urllib.request it imports: ~3 MiB) is
+# imported at the first scrape, not at start-up: a server whose metrics API is off, or in log
+# mode, never needs it. Collectors are duck-typed there (``collect()``), so no base class.
 
 frontend_log = logging.getLogger("trioserve.metrics")
 model_log = logging.getLogger("trioserve.model_metrics")
@@ -103,7 +106,7 @@ def _help(spec: MetricSpec) -> str:
     )
 
 
-class ServerMetrics(Collector):
+class ServerMetrics:
     """The server's metric families, and a prometheus-client collector over them."""
 
     def __init__(
@@ -251,10 +254,12 @@ class ServerMetrics(Collector):
         """The text format body of ``/metrics`` (``names``: the ``name[]`` filter)."""
         if self.mode == LOG:
             return b""
+        from prometheus_client import generate_latest
+
         return generate_latest(_Only(self, frozenset(names) if names else None))
 
 
-class _Only(Collector):
+class _Only:
     def __init__(self, metrics: ServerMetrics, names: frozenset[str] | None) -> None:
         self._metrics = metrics
         self._names = names

@@ -8,8 +8,10 @@ thread. A machine without GPUs, driver or pynvml simply has no GPU samples: neve
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -68,11 +70,20 @@ def _devices(nvml: Any, visible: Sequence[str] | None, limit: int | None) -> lis
     ]
 
 
+def import_nvml() -> Any:
+    """pynvml, the module; raises OSError where pynvml's ``nvmlInit`` could only fail for want
+    of NVML's library. That is checked first, as pynvml would load it (Linux), because pynvml
+    itself costs over 2 MiB of memory for good on every machine without a GPU driver."""
+    if "pynvml" not in sys.modules and not sys.platform.startswith("win"):
+        ctypes.CDLL("libnvidia-ml.so.1")  # what pynvml loads; OSError when it is missing
+    return importlib.import_module("pynvml")
+
+
 def gpu_samples(visible: Sequence[str] | None, limit: int | None, nvml: Any = None) -> list[Sample]:
     """GPUMemoryUtilization (%), GPUMemoryUsed (MB) and GPUUtilization (%) per GPU, DeviceId
     counting the GPUs as the workers see them; empty without NVML or GPUs."""
     try:
-        lib = nvml if nvml is not None else importlib.import_module("pynvml")
+        lib = nvml if nvml is not None else import_nvml()
         lib.nvmlInit()
     except Exception:  # no pynvml, no driver, no libnvidia-ml: no GPU figures
         return []

@@ -11,10 +11,11 @@ A worker's process gets the frontend's ``CUDA_VISIBLE_DEVICES`` as it is, as Tor
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from trioserve.metrics.system import import_nvml
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,7 @@ def visible_device_entries(environ: Mapping[str, str]) -> list[str] | None:
 def nvml_device_count() -> int:
     """The number of GPUs NVML sees; 0 when pynvml, the driver or NVML itself is missing."""
     try:
-        import pynvml
-
+        pynvml = import_nvml()
         pynvml.nvmlInit()
         try:
             return int(pynvml.nvmlDeviceGetCount())
@@ -167,7 +167,7 @@ def gpu_usage(gpu_id: int, environ: Mapping[str, str], nvml: Any = None) -> str:
     if gpu_id < 0:
         return USAGE_NOT_APPLICABLE
     try:
-        lib = nvml if nvml is not None else importlib.import_module("pynvml")
+        lib = nvml if nvml is not None else import_nvml()
         lib.nvmlInit()
         try:
             handle = _nvml_handle(lib, gpu_id, environ)
