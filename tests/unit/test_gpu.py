@@ -104,6 +104,20 @@ def test_nvml_count_is_zero_without_pynvml(monkeypatch: pytest.MonkeyPatch) -> N
     assert nvml_device_count() == 0
 
 
+def test_pynvml_is_not_imported_without_nvml_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No libnvidia-ml: the count is 0, as pynvml's nvmlInit would make it, and pynvml (megabytes
+    of memory) stays unimported."""
+
+    def missing(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.setattr("trioserve.metrics.system.ctypes.CDLL", missing)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert nvml_device_count() == 0
+    assert "pynvml" not in sys.modules
+
+
 @pytest.mark.parametrize(
     ("configured", "visible", "expected"),
     [(None, 4, 4), (2, 4, 2), (8, 2, 2), (0, 4, 0), (None, 0, 0), (3, 0, 0)],
