@@ -95,33 +95,38 @@ class Worker:
         return pb.Loaded(code=200, message=f"loaded model {load.model_name}")
 
     # -- batches --------------------------------------------------------------------------
-    def _prepare(self, batch: pb.Batch) -> list[dict[str, Any]]:
+    def _prepare(self, batch: pb.Batch, requests: list[pb.Request]) -> list[dict[str, Any]]:
         assert self.context is not None
         self.batch_id = batch.batch_id
-        ids = {i: r.request_id for i, r in enumerate(batch.requests)}
+        ids = {i: r.request_id for i, r in enumerate(requests)}
         self.context.request_ids = ids
         self.context.metrics.request_ids = ids
         self.context.request_processor = [
-            RequestProcessor(codec.request_headers(r)) for r in batch.requests
+            RequestProcessor(codec.request_headers(r)) for r in requests
         ]
         if batch.command == pb.DESCRIBE:
-            return [{} for _ in batch.requests]
-        return [codec.request_data(r, self.decode) for r in batch.requests]
+            return [{} for _ in requests]
+        return [codec.request_data(r, self.decode) for r in requests]
 
     def _responses(self, outputs: list[Any], ids: dict[int, str]) -> list[pb.Response]:
         assert self.context is not None
         responses = []
         for idx, value in enumerate(outputs):
             processor = self.context.request_processor[idx]
-            headers = dict(processor.get_response_headers())
-            content_type = headers.pop("content-type", headers.pop("Content-Type", ""))
+            set_headers = processor.get_response_headers()
+            content_type = ""
+            headers: list[pb.Header] = []
+            if set_headers:  # most handlers set none: no copy, no header messages
+                extra = dict(set_headers)
+                content_type = extra.pop("content-type", extra.pop("Content-Type", ""))
+                headers = [pb.Header(name=k, value=str(v)) for k, v in extra.items()]
             responses.append(
                 pb.Response(
                     request_id=ids[idx],
                     status=processor.get_response_status_code(),
                     reason=processor.get_response_status_phrase(),
                     content_type=content_type,
-                    headers=[pb.Header(name=k, value=str(v)) for k, v in headers.items()],
+                    headers=headers,
                     body=codec.encode_output(value),
                 )
             )
@@ -146,14 +151,13 @@ class Worker:
         assert self.context is not None
         assert self.handler is not None
         result = pb.BatchResult(batch_id=batch.batch_id, final=True)
+        requests = list(batch.requests)  # each access to the field wraps every message anew
         try:
-            data = self._prepare(batch)
+            data = self._prepare(batch, requests)
             ids = dict(self.context.request_ids or {})
             start = time.perf_counter()
-            kinds = [
-                "" if batch.command == pb.DESCRIBE else (r.envelope or self.envelope)
-                for r in batch.requests
-            ]
+            describe = batch.command == pb.DESCRIBE
+            kinds = ["" if describe else (r.envelope or self.envelope) for r in requests]
             outputs = envelopes.handle(self.handler.entry, data, self.context, kinds)
             elapsed_ms = (time.perf_counter() - start) * 1000
             self.context.metrics.add_time("PredictionTime", round(elapsed_ms, 2), None, "ms")

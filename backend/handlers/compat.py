@@ -18,11 +18,11 @@ import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Sequence
-
-# importlib.abc's Loader is this very class; importlib.abc itself would pull importlib.resources
-# (tempfile, shutil, zipfile, ...: about 1 MiB) into every worker.
-from importlib._abc import Loader
 from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 TS_VERSION = "0.12.0"
 
@@ -44,7 +44,12 @@ PREFIXES: dict[str, str] = {"ts.torch_handler.": "backend.handlers."}
 PACKAGES = frozenset({"ts", "ts.utils", "ts.handler_utils", "ts.protocol", "ts.metrics"})
 
 
-class _PackageLoader(Loader):
+# The loaders and the finder are plain classes with the methods importlib calls: deriving from
+# importlib.abc's would import importlib.resources (tempfile, shutil, zipfile, ...: about 1 MiB)
+# into every worker.
+
+
+class _PackageLoader:
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None  # the default: an empty module, with ``__path__`` from the spec
 
@@ -54,7 +59,7 @@ class _PackageLoader(Loader):
             module.__dict__["__version__"] = TS_VERSION
 
 
-class _AliasLoader(Loader):
+class _AliasLoader:
     """Hands out the target module itself, leaving its own ``__spec__`` as it was."""
 
     def __init__(self, target: str) -> None:
@@ -74,8 +79,7 @@ class _AliasLoader(Loader):
 
 
 class TsFinder:
-    """Finds the ``ts`` names trioserve provides (a meta path finder; not derived from
-    importlib.abc.MetaPathFinder, whose module costs a worker about 1 MiB)."""
+    """Finds the ``ts`` names trioserve provides (a meta path finder)."""
 
     def invalidate_caches(self) -> None:
         """Nothing is cached (importlib.invalidate_caches calls this)."""
@@ -89,7 +93,8 @@ class TsFinder:
         if fullname != "ts" and not fullname.startswith("ts."):
             return None
         if fullname in PACKAGES:
-            return importlib.machinery.ModuleSpec(fullname, _PackageLoader(), is_package=True)
+            loader = cast("Loader", _PackageLoader())
+            return importlib.machinery.ModuleSpec(fullname, loader, is_package=True)
         real = alias_target(fullname)
         if real is None:
             return None
@@ -100,7 +105,8 @@ class TsFinder:
         if found is None:
             return None
         is_package = found.submodule_search_locations is not None
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(real), is_package=is_package)
+        alias = cast("Loader", _AliasLoader(real))
+        return importlib.machinery.ModuleSpec(fullname, alias, is_package=is_package)
 
 
 def alias_target(name: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -40,9 +41,14 @@ async def read_until_closed(stream: trio.abc.Stream) -> bytes:
         data += chunk
 
 
+# Bytes read past the response a call returned (the next pipelined answer's), by stream.
+_AHEAD: weakref.WeakKeyDictionary[trio.abc.Stream, bytes] = weakref.WeakKeyDictionary()
+
+
 async def read_response(stream: trio.abc.Stream) -> bytes:
-    """One response with a Content-Length body (what trioserve sends for non-streaming)."""
-    data = bytearray()
+    """One response with a Content-Length body (what trioserve sends for non-streaming); bytes
+    read past it are kept for the next call, as pipelined answers may share a read."""
+    data = bytearray(_AHEAD.pop(stream, b""))
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some(65536)
         assert chunk, f"closed mid-head: {bytes(data)!r}"
@@ -57,7 +63,9 @@ async def read_response(stream: trio.abc.Stream) -> bytes:
         chunk = await stream.receive_some(65536)
         assert chunk, "closed mid-body"
         body += chunk
-    return head + b"\r\n\r\n" + body
+    if len(body) > length:
+        _AHEAD[stream] = body[length:]
+    return head + b"\r\n\r\n" + body[:length]
 
 
 def status_of(response: bytes) -> int:

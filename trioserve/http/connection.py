@@ -22,12 +22,16 @@ from collections.abc import Awaitable, Callable
 import h11
 import trio
 
+from trioserve import fastio
 from trioserve.errors import BadRequest, ServeError
+from trioserve.http import fastpath
+from trioserve.http.fastpath import PlainHead
 from trioserve.http.framing import (
     CONTINUE,
     HEAD_TOO_LARGE,
     NO_BODY_STATUSES,
     checked_head,
+    head_bytes,
     head_error,
     head_size,
     internal_error,
@@ -89,11 +93,14 @@ class HTTPConnection:
         # The connection's one deadline scope (see the module docstring); entered by serve().
         self._deadline = trio.CancelScope()
         # The reader task and the loop meet here (see _reader).
-        self._unparsed = 0  # bytes fed to h11 since the loop last ran out of events
-        self._eof = False  # the peer closed its end (or the stream broke): h11 has been told
+        self._unparsed = 0  # bytes received since the loop last ran out of data
+        self._eof = False  # the peer closed its end (or the stream broke)
         self._broken = False  # ... and it was a reset or a closed stream, not a clean EOF
-        self._data = trio.Event()  # set by the reader when it has fed h11
-        self._fresh = False  # fed since the loop last asked h11 for an event
+        self._buffer = bytearray()  # received, not yet parsed nor handed to h11
+        self._eof_fed = False  # h11 has been told of the EOF
+        self._plain_done = False  # a response written without h11 ended the connection
+        self._data = trio.Event()  # set by the reader when it has received more
+        self._fresh = False  # received since the loop last looked
         self._room = trio.Event()  # set by the loop when the reader may read past the bound
         self._dispatching = False  # the handler is running: an EOF now ends the connection
 
@@ -118,7 +125,6 @@ class HTTPConnection:
                 data = b""
             if not data:
                 self._eof = True
-                self.conn.receive_data(b"")
                 if self._dispatching:
                     # The peer left before its answer: cancel the handler and the connection
                     # with it (nothing is left to send), as _dispatch_watching says.
@@ -126,7 +132,7 @@ class HTTPConnection:
                 self._data.set()
                 return
             self._unparsed += len(data)
-            self.conn.receive_data(bytes(data))  # no copy: trio hands sockets' bytes through
+            self._buffer += data
             self._fresh = True
             self._data.set()
 
@@ -145,9 +151,24 @@ class HTTPConnection:
             raise _ClientGone()
 
     def _next_buffered(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        """h11's next event from what it has buffered (no waiting)."""
+        """h11's next event from what has been received (no waiting)."""
         self._fresh = False
+        if self._buffer:
+            self.conn.receive_data(bytes(self._buffer))
+            self._buffer.clear()
+        if self._eof and not self._eof_fed:
+            self._eof_fed = True
+            self.conn.receive_data(b"")
         return self.conn.next_event()
+
+    def _plain_next(self) -> bool:
+        """Whether the next request may be parsed without h11 (http/fastpath.py): h11 is between
+        requests and holds none of the bytes received."""
+        return (
+            self.conn.our_state is h11.IDLE
+            and self.conn.their_state is h11.IDLE
+            and not self.conn.trailing_data[0]
+        )
 
     async def _send(self, event: h11.Event, outer: float = math.inf) -> None:
         await self._send_parts(self.conn.send_with_data_passthrough(event) or [], outer)
@@ -166,7 +187,9 @@ class HTTPConnection:
         try:
             for part in parts:
                 view = memoryview(part)
-                for start in range(0, len(view), WRITE_SLICE):
+                # What the kernel takes at once needs neither a deadline nor a scheduler pass.
+                sent = fastio.send_now(self.stream, view[:WRITE_SLICE])
+                for start in range(sent, len(view), WRITE_SLICE):
                     self._deadline.deadline = min(
                         outer, trio.current_time() + self.limits.write_timeout
                     )
@@ -223,7 +246,8 @@ class HTTPConnection:
             while True:
                 if not await self._serve_one():
                     break  # after `http_max_requests_per_connection` too: it said close
-                self.conn.start_next_cycle()
+                if self.conn.our_state is h11.DONE:  # h11 served it (else it never saw it)
+                    self.conn.start_next_cycle()
         except _ClientGone:
             pass
         except Exception:
@@ -234,7 +258,11 @@ class HTTPConnection:
         bounded time: closing with unread data makes the kernel send a reset, which can destroy
         the response (a 413 sent before the body arrived) before the client reads it."""
         try:
-            done = self.conn.our_state is h11.MUST_CLOSE or self.conn.our_state is h11.DONE
+            done = (
+                self._plain_done
+                or self.conn.our_state is h11.MUST_CLOSE
+                or self.conn.our_state is h11.DONE
+            )
             # Once the peer's EOF has been read nothing is left unread, so the close itself
             # sends our FIN and no reset: the slot is free a few scheduler passes sooner.
             if done and not self._eof and isinstance(self.stream, trio.abc.HalfCloseableStream):
@@ -250,22 +278,32 @@ class HTTPConnection:
     async def _serve_one(self) -> bool:
         """Serve one request; return whether the connection may take another."""
         request_id = str(uuid.uuid4())
+        arrived = False  # this request's first bytes are here already
+        if self._plain_next():
+            head = await self._plain_head()
+            if head is None:
+                return False  # draining, or the peer left between requests
+            if isinstance(head, PlainHead):
+                return await self._serve_plain(head, request_id)
+            arrived = True  # anything else is h11's, from the first byte of this request
         try:
             event = self._next_buffered()
             if event is not h11.NEED_DATA:
-                # Pipelined: let the loop poll I/O first, so the answer just written reaches
-                # its reader (and other connections run) before this one is served.
-                await trio.lowlevel.checkpoint()
+                if not arrived:
+                    # Pipelined: let the loop poll I/O first, so the answer just written
+                    # reaches its reader (and other connections run) before this one is served.
+                    await trio.lowlevel.checkpoint()
             else:
-                if self.drain.draining:
-                    return False
-                # Idle: a drain (or the keep-alive timeout) cancels the scope and so closes.
-                self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
-                self.drain._idle.add(self._deadline)
-                try:
-                    await self._read_more()
-                finally:
-                    self.drain._idle.discard(self._deadline)
+                if not arrived:
+                    if self.drain.draining:
+                        return False
+                    # Idle: a drain (or the keep-alive timeout) cancels the scope and so closes.
+                    self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
+                    self.drain._idle.add(self._deadline)
+                    try:
+                        await self._read_more()
+                    finally:
+                        self.drain._idle.discard(self._deadline)
                 # Absolute, from the head's first byte: a trickle cannot stretch it.
                 deadline = trio.current_time() + self.limits.header_timeout
                 event = await self._next_event(deadline)
@@ -324,6 +362,109 @@ class HTTPConnection:
         return (
             self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and status < 400
         )
+
+    async def _plain_head(self) -> PlainHead | bool | None:
+        """Wait for the next request's first bytes as ``_serve_one`` does for h11; its head if
+        plain (http/fastpath.py), True when h11 must take it, None when the connection ends."""
+        if self._buffer:
+            await trio.lowlevel.checkpoint()  # pipelined: as in _serve_one
+        elif not self._eof:
+            if self.drain.draining:
+                return None
+            self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
+            self.drain._idle.add(self._deadline)
+            try:
+                self._fresh = False
+                await self._read_more()
+            finally:
+                self.drain._idle.discard(self._deadline)
+        self._fresh = False
+        head = fastpath.parse_head(self._buffer, self.limits.max_header_bytes)
+        return True if head is None else head
+
+    async def _serve_plain(self, head: PlainHead, request_id: str) -> bool:
+        """``_serve_one`` for a plain request, h11 left out: same limits, same answers."""
+        self.requests += 1
+        start = time.perf_counter()
+        request = Request(head.method, head.target, head.headers, request_id=request_id)
+        request.remote = self.remote
+        if head.content_length > self.limits.max_request_size:
+            await self._send_plain(Response(413), request_id, keep=False)
+            self._log(request, 413, start)
+            return False
+        refusal = self.admit(request) if self.admit is not None else None
+        if refusal is not None:
+            await self._send_plain(error_response(refusal), request_id, keep=False)
+            self._log(request, refusal.code, start)
+            return False
+        request.body = await self._read_plain_body(head)
+        self._deadline.deadline = math.inf
+        response = await self._dispatch_watching(request)
+        keep = self._keep()
+        if isinstance(response, Response):
+            status = await self._send_plain(response, request_id, keep=keep)
+        else:
+            status = await self._stream_plain(response, request_id, keep=keep)
+        self._log(request, status, start)
+        return keep and status < 400 and not self._plain_done
+
+    async def _read_plain_body(self, head: PlainHead) -> bytes:
+        """The body of a plain request: Content-Length bytes after its head, read within the
+        same deadline as ``_read_body``."""
+        end = head.size + head.content_length
+        deadline = trio.current_time() + self.limits.body_timeout
+        while len(self._buffer) < end:
+            if self._eof:
+                raise _ClientGone()
+            received = len(self._buffer) - head.size
+            self._deadline.deadline = deadline + max(received, 0) / MIN_BODY_RATE
+            self._fresh = False
+            await self._read_more()
+        body = bytes(self._buffer[head.size : end])
+        del self._buffer[:end]
+        return body
+
+    async def _send_plain(self, response: Response, request_id: str, *, keep: bool) -> int:
+        """``_send_simple`` for a plain request: head and body in one write."""
+        try:
+            head = head_bytes(response, request_id, len(response.body), keep)
+        except ValueError:
+            logger.exception("a response (status %s) is not valid HTTP", response.status)
+            response = internal_error()
+            head = head_bytes(response, request_id, len(response.body), False)
+        keep = keep and response.status < 400
+        body = response.body if response.status not in NO_BODY_STATUSES else b""
+        await self._send_parts([head, body] if body else [head])
+        self._plain_done = not keep
+        return response.status
+
+    async def _stream_plain(
+        self, response: StreamingResponse, request_id: str, *, keep: bool
+    ) -> int:
+        """``_respond`` for a streamed answer to a plain request, chunked as h11 does it."""
+        try:
+            try:
+                head = head_bytes(response, request_id, None, keep)
+            except ValueError:
+                logger.exception("a response (status %s) is not valid HTTP", response.status)
+                return await self._send_plain(internal_error(), request_id, keep=False)
+            self._plain_done = not (keep and response.status < 400)
+            await self._send_parts([head])
+            no_body = response.status in NO_BODY_STATUSES
+            try:
+                async for chunk in response.chunks:
+                    if chunk and not no_body:
+                        await self._send_parts([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
+            except _ClientGone:
+                raise
+            except Exception as exc:
+                logger.exception("streamed response failed after its head was sent")
+                raise _ClientGone() from exc
+            if not no_body:
+                await self._send_parts([b"0\r\n\r\n"])
+            return response.status
+        finally:
+            await _aclose_chunks(response)
 
     async def _read_body(self) -> bytes:
         """The whole body, within one deadline that only data can push back: ``body_timeout``

@@ -57,6 +57,9 @@ DOCS_HELP = {
 # Handler metric families a server may auto-detect (model_metrics_auto_detect=true): each one is
 # kept for the server's life, so a handler inventing names per request cannot grow it forever.
 MAX_MODEL_FAMILIES = 1000
+# Distinct emit() argument sets whose recording target is kept (models x versions x metrics,
+# in practice); past it, targets are worked out per call.
+MAX_EMIT_KEYS = 4096
 
 # trioserve's own families (beyond TorchServe): (name, type, help); labels model_name and
 # model_version (the served version, never "default").
@@ -126,6 +129,7 @@ class ServerMetrics:
         self.auto_detect = auto_detect
         self._clock = clock
         self._versions: Callable[[], Iterable[VersionView]] = list
+        self._emitting: dict[tuple[object, ...], tuple[Family | None, Labels, str, bool]] = {}
         # Families without samples still print HELP/TYPE, as TorchServe's do.
         self.frontend: dict[str, Family] = {
             name: family_for(name, s.metric_type, _help(s))
@@ -160,20 +164,34 @@ class ServerMetrics:
     def emit(self, name: str, value: float, **dimensions: str) -> None:
         """Record frontend metric ``name`` if the YAML declares it: each declared dimension takes
         its value from ``dimensions``, else Level=Host, Hostname, uuid, else ""."""
+        key = (name, *dimensions.items())
+        found = self._emitting.get(key)
+        if found is None:
+            found = self._emit_target(name, dimensions)
+            if len(self._emitting) < MAX_EMIT_KEYS:  # bounded, whatever the dimension values
+                self._emitting[key] = found
+        family, labels, unit, logs = found
+        if family is not None:
+            family.record(labels, value)
+        if logs:
+            frontend_log.info(
+                logfmt.frontend_line(name, unit, value, labels, self.hostname, self._clock())
+            )
+
+    def _emit_target(
+        self, name: str, dimensions: dict[str, str]
+    ) -> tuple[Family | None, Labels, str, bool]:
+        """Where ``emit(name, **dimensions)`` records: the family (if exposed), its labels, the
+        unit and whether it is logged; the same every time for the same arguments, so
+        ``emit`` keeps it (a metric is emitted several times per request)."""
         spec = self.spec.frontend.get(name)
         if spec is None:
-            return
+            return None, (), "", False
         known = {"Level": "Host", "Hostname": self.hostname, "hostname": self.hostname}
         known["uuid"] = self.instance_id
         known.update(dimensions)
         labels = tuple((d, known.get(d, "")) for d in spec.dimensions)
-        family = self.frontend.get(name)
-        if family is not None:
-            family.record(labels, value)
-        if self._logs(name):
-            frontend_log.info(
-                logfmt.frontend_line(name, spec.unit, value, labels, self.hostname, self._clock())
-            )
+        return self.frontend.get(name), labels, spec.unit, self._logs(name)
 
     def http_response(self, status: int) -> None:
         """Requests2XX / 4XX / 5XX: 5XX is anything neither 2xx nor 4xx (contract §3.2)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import trio
@@ -33,15 +33,18 @@ class Job:
     url_version: str | None = None  # the version the request named, for its metrics' labels
     envelope: str = ""  # the KServe envelope its route implies; "" = the model's own
     cancelled: bool = False
-    _send: trio.MemorySendChannel[Outcome] = field(init=False, repr=False)
-    _recv: trio.MemoryReceiveChannel[Outcome] = field(init=False, repr=False)
+    # Unbounded: a job gets at most one final outcome plus the chunks its handler streams,
+    # and the connection task reads them as they come. A deque and an event, not a memory
+    # channel: one reader, one writer, and a channel pair costs several objects per request.
+    _outcomes: deque[Outcome] = field(default_factory=deque, init=False, repr=False)
+    _arrived: trio.Event | None = field(default=None, init=False, repr=False)
     done: bool = field(default=False, init=False)
     dispatched: bool = field(default=False, init=False)  # handed to a worker
 
-    def __post_init__(self) -> None:
-        # Unbounded: a job gets at most one final outcome plus the chunks its handler streams,
-        # and the connection task reads them as they come.
-        self._send, self._recv = trio.open_memory_channel(math.inf)
+    def _put(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        if self._arrived is not None:
+            self._arrived.set()
 
     @property
     def settled(self) -> bool:
@@ -62,20 +65,28 @@ class Job:
 
     def chunk(self, response: pb.Response) -> None:
         if not self.done:
-            self._send.send_nowait(("chunk", response))
+            self._put(("chunk", response))
 
     def finish(self, response: pb.Response) -> None:
         if not self.done:
             self.done = True
-            self._send.send_nowait(("final", response))
+            self._put(("final", response))
 
     def fail(self, error: ServeError) -> None:
         if not self.done:
             self.done = True
-            self._send.send_nowait(("error", error))
+            self._put(("error", error))
 
     async def next_outcome(self) -> Outcome:
-        return await self._recv.receive()
+        if not self._outcomes:
+            self._arrived = trio.Event()
+            try:
+                await self._arrived.wait()
+            finally:
+                self._arrived = None
+        else:
+            await trio.lowlevel.checkpoint()  # an await is always a checkpoint
+        return self._outcomes.popleft()
 
     async def first_outcome(
         self, model_name: str, *, queue_timeout: float, response_timeout: float

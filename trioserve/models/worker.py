@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from backend.wire import FrameDecoder, FrameError, encode_frame, pb
+from trioserve import fastio
 from trioserve.errors import BackendError, ServeError, WorkerDied
 from trioserve.models.job import Job
 from trioserve.models.process import BackendProcess, backend_env, was_killed
@@ -113,6 +114,7 @@ class WorkerSupervisor:
         self._batch_seq = 0
         self._decoder: FrameDecoder[pb.FromWorker] = self._new_decoder()
         self._stream: trio.SocketStream | None = None
+        self._reader: fastio.FastReader | None = None
         self._failures = 0
         self._failing_since: float | None = None  # trio time of the first failure in a row
         self._waiting = False  # idle on the batch channel, having asked for work
@@ -252,6 +254,7 @@ class WorkerSupervisor:
                     self.model.model_dir, decode_input_request=self.model.decode_input_request
                 )
                 self._stream = await process.start(nursery, cwd=self.model.model_dir, env=env)
+                self._reader = fastio.FastReader(self._stream)
                 self._process = process
                 self.pid = process.pid
                 self.start_time = time.time()
@@ -289,6 +292,7 @@ class WorkerSupervisor:
             if self._stream is not None:
                 self._stream.socket.close()
             self._stream = None
+            self._reader = None
         if failure is not None:
             raise failure
         return recycle
@@ -296,19 +300,19 @@ class WorkerSupervisor:
     async def _send(self, message: pb.ToWorker) -> None:
         assert self._stream is not None
         try:
-            await self._stream.send_all(encode_frame(message))
+            await fastio.send_all(self._stream, encode_frame(message))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise _ProcessGone("channel closed while sending") from exc
 
     async def _receive(self) -> pb.FromWorker:
-        assert self._stream is not None
+        assert self._reader is not None
         while True:
             message = self._decoder.next_frame()
             if message is not None:
                 return message
             try:
                 missing = self._decoder.missing_bytes
-                data = await self._stream.receive_some(
+                data = await self._reader.receive_some(
                     READ_CHUNK if missing <= READ_CHUNK else min(missing, READ_CHUNK_LARGE)
                 )
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
