@@ -66,7 +66,7 @@ def make_handler(
                 auth.refresh(request.param("type"), request.header("authorization"))
                 return Response(200, b"\n", JSON)
             _authorize(auth, apis, request)
-        found = route(apis, request.method, request.segments)
+        found = request.routed or route(apis, request.method, request.segments)
         request.model = found.params.get("model", "")  # for the access log
         kwargs: dict[str, Any] = dict(found.params)
         response = await _FUNCTIONS[found.name](state, request, **kwargs)
@@ -137,7 +137,7 @@ def make_admission(
                 state.metrics.http_response(exc.code)
                 return exc
         try:
-            found = route(apis, request.method, request.segments)
+            found = request.routed = route(apis, request.method, request.segments)
         except ServeError:
             return None  # the handler answers routing errors after the body, as usual
         if found.name not in ("predict", "explain"):
@@ -146,7 +146,7 @@ def make_admission(
             model = state.registry.resolve(found.params["model"], found.params.get("version"))
         except ServeError:
             return None  # unknown model: answered after the body, as TorchServe does
-        if not model.live_workers() or model.statistics().remaining_capacity <= 0:
+        if not model.live_workers() or model.queue_full():
             request.model = model.name  # for the access log
             state.metrics.http_response(ServiceUnavailable.http_status)
             return ServiceUnavailable(no_worker_message(model.name, found.params.get("version")))

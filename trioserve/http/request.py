@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import multipart
 
 from trioserve.errors import BadRequest
+from trioserve.http.routing import Route
 
 # A form with more parts than this is refused: each part becomes an input the worker decodes.
 MAX_FORM_PARTS = 1024
@@ -38,6 +39,7 @@ class Request:
     segments: tuple[str, ...] = field(init=False)
     query: dict[str, list[str]] = field(init=False)
     model: str = ""  # the model a routed request names, for the access log
+    routed: Route | None = None  # the route, once found (admission finds it before the body)
 
     def __post_init__(self) -> None:
         raw_path, _, raw_query = self.target.partition("?")

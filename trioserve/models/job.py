@@ -52,16 +52,17 @@ class Job:
         needs it run any more."""
         return self.done or self.cancelled
 
-    def to_wire(self) -> pb.Request:
-        return pb.Request(
-            request_id=self.request_id,
-            envelope=self.envelope,
-            headers=[pb.Header(name=k, value=v) for k, v in self.headers],
-            inputs=[
-                pb.Input(name=i.name, content_type=i.content_type, value=i.value)
-                for i in self.inputs
-            ],
-        )
+    def write_to(self, request: pb.Request) -> None:
+        """Fill ``request`` (a new element of a batch's ``requests``) with this job. Filled in
+        place: building messages to copy into the batch costs twice as much."""
+        request.request_id = self.request_id
+        request.envelope = self.envelope
+        add_header = request.headers.add
+        for name, value in self.headers:
+            add_header(name=name, value=value)
+        add_input = request.inputs.add
+        for item in self.inputs:
+            add_input(name=item.name, content_type=item.content_type, value=item.value)
 
     def chunk(self, response: pb.Response) -> None:
         if not self.done:

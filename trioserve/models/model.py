@@ -193,6 +193,11 @@ class ModelVersion:
         self.last_queue_wait_s = seconds
         self.metrics.queue_wait(url_version, seconds)
 
+    def queue_full(self) -> bool:
+        """Whether the job queue has no room (``statistics`` answers more, at more cost)."""
+        stats = self._jobs_send.statistics()
+        return stats.current_buffer_used >= stats.max_buffer_size
+
     def statistics(self) -> ModelStatistics:
         stats = self._jobs_send.statistics()
         by_state: dict[str, int] = {}

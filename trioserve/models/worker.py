@@ -381,14 +381,17 @@ class WorkerSupervisor:
 
     def _batch_frame(self, live: list[Job]) -> pb.ToWorker:
         self._batch_seq += 1
-        command = cast("pb.Command", live[0].command)
-        batch = pb.Batch(
-            batch_id=self._batch_seq, command=command, requests=[j.to_wire() for j in live]
-        )
+        message = pb.ToWorker()
+        batch = message.batch
+        batch.batch_id = self._batch_seq
+        batch.command = cast("pb.Command", live[0].command)
+        add_request = batch.requests.add
+        for job in live:
+            job.write_to(add_request())
         now = trio.current_time()
         for job in live:
             self.model.observe_queue_wait(now - job.enqueued_at, job.url_version)
-        return pb.ToWorker(batch=batch)
+        return message
 
     def _may_prefetch(self) -> bool:
         """Take the next batch now only when batches take long enough for it to pay
