@@ -108,29 +108,24 @@ class Worker:
             return [{} for _ in requests]
         return [codec.request_data(r, self.decode) for r in requests]
 
-    def _responses(self, outputs: list[Any], ids: dict[int, str]) -> list[pb.Response]:
+    def _responses(self, outputs: list[Any], ids: dict[int, str], into: Any) -> None:
+        """Add one response per output to ``into`` (a ``repeated Response`` field), in place:
+        building messages to copy in costs twice as much."""
         assert self.context is not None
-        responses = []
         for idx, value in enumerate(outputs):
             processor = self.context.request_processor[idx]
-            set_headers = processor.get_response_headers()
-            content_type = ""
-            headers: list[pb.Header] = []
-            if set_headers:  # most handlers set none: no copy, no header messages
-                extra = dict(set_headers)
-                content_type = extra.pop("content-type", extra.pop("Content-Type", ""))
-                headers = [pb.Header(name=k, value=str(v)) for k, v in extra.items()]
-            responses.append(
-                pb.Response(
-                    request_id=ids[idx],
-                    status=processor.get_response_status_code(),
-                    reason=processor.get_response_status_phrase(),
-                    content_type=content_type,
-                    headers=headers,
-                    body=codec.encode_output(value),
-                )
+            response = into.add(
+                request_id=ids[idx],
+                status=processor.get_response_status_code(),
+                reason=processor.get_response_status_phrase(),
+                body=codec.encode_output(value),
             )
-        return responses
+            set_headers = processor.get_response_headers()
+            if set_headers:  # most handlers set none
+                extra = dict(set_headers)
+                response.content_type = extra.pop("content-type", extra.pop("Content-Type", ""))
+                for name, header in extra.items():
+                    response.headers.add(name=name, value=str(header))
 
     def _send_intermediate(
         self, outputs: list[Any], ids: dict[int, str], message: str, code: int
@@ -138,19 +133,21 @@ class Worker:
         assert self.context is not None
         for idx in range(len(outputs)):
             self.context.set_response_header(idx, "ts_stream_next", "true")
-        result = pb.BatchResult(
-            batch_id=self.batch_id,
-            code=code,
-            message=message,
-            responses=self._responses(outputs, ids),
-            final=False,
-        )
-        self.channel.send(pb.FromWorker(result=result))
+        reply = pb.FromWorker()
+        result = reply.result
+        result.batch_id = self.batch_id
+        result.code = code
+        result.message = message
+        result.final = False
+        self._responses(outputs, ids, result.responses)
+        self.channel.send(reply)
 
-    def predict(self, batch: pb.Batch) -> pb.BatchResult:
+    def predict(self, batch: pb.Batch, result: pb.BatchResult) -> None:
+        """Run ``batch`` and fill ``result`` (the reply's, filled in place) with its outcome."""
         assert self.context is not None
         assert self.handler is not None
-        result = pb.BatchResult(batch_id=batch.batch_id, final=True)
+        result.batch_id = batch.batch_id
+        result.final = True
         requests = list(batch.requests)  # each access to the field wraps every message anew
         try:
             data = self._prepare(batch, requests)
@@ -167,7 +164,7 @@ class Worker:
             ):
                 for idx in range(len(outputs)):
                     self.context.set_response_header(idx, "ts_stream_next", "false")
-            result.responses.extend(self._responses(outputs, ids))
+            self._responses(outputs, ids, result.responses)
             result.code, result.message = 200, "Prediction success"
         except envelopes.OutputError as exc:
             result.code, result.message = 503, str(exc)
@@ -186,19 +183,17 @@ class Worker:
         if result.code != 200:
             del result.responses[:]
         for record in self.context.metrics.drain():
-            result.metrics.append(
-                pb.Metric(
-                    name=record.name,
-                    unit=record.unit,
-                    value=record.value,
-                    dimensions=[pb.Header(name=k, value=v) for k, v in record.dimensions],
-                    type=record.metric_type,
-                    request_id=record.request_id,
-                )
+            metric = result.metrics.add(
+                name=record.name,
+                unit=record.unit,
+                value=record.value,
+                type=record.metric_type,
+                request_id=record.request_id,
             )
+            for name, value in record.dimensions:
+                metric.dimensions.add(name=name, value=value)
         sys.stdout.flush()
         sys.stderr.flush()
-        return result
 
     def serve(self) -> int:
         while True:
@@ -212,13 +207,14 @@ class Worker:
                 if loaded.code != 200:
                     return 1
             elif kind == "batch":
+                reply = pb.FromWorker()
                 if self.handler is None:
-                    result = pb.BatchResult(
-                        batch_id=message.batch.batch_id, code=500, message="model not loaded"
-                    )
+                    reply.result.batch_id = message.batch.batch_id
+                    reply.result.code = 500
+                    reply.result.message = "model not loaded"
                 else:
-                    result = self.predict(message.batch)
-                self.channel.send(pb.FromWorker(result=result))
+                    self.predict(message.batch, reply.result)
+                self.channel.send(reply)
 
 
 def run(fd: int) -> int:
