@@ -100,20 +100,8 @@ def _parse(argv: list[str] | None) -> tuple[int, int | None]:
     return args.fd, args.parent_pid
 
 
-def restore_scheduling() -> None:
-    """Run under the policy the frontend had before it took SCHED_BATCH for itself
-    (trioserve/sched.py): a worker's wakeups should preempt, the frontend's not."""
-    wanted = os.environ.pop("TRIOSERVE_WORKER_SCHED", "")
-    if wanted.isdigit() and hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, int(wanted), os.sched_param(0))
-        except OSError:
-            pass  # a policy this process may not take: it keeps the inherited one
-
-
 def main(argv: list[str] | None = None) -> int:
     fd, parent = _parse(argv)
-    restore_scheduling()
     # First, before any import could start a thread that would not inherit the signal's block.
     follow_parent(parent if parent is not None else os.getppid())
     from backend.worker import run

@@ -123,14 +123,12 @@ def _setup_logging(log_config: str | None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trioserve.sched import prefer_workers
     from trioserve.server import serve
 
     _setup_logging(args.log_config)
     config = _config(args)
     for key, value, source in config.effective():
         logging.getLogger("trioserve.config").debug("%s = %s (%s)", key, value, source)
-    prefer_workers(config.frontend_sched_batch)
     try:
         trio.run(partial(serve, config, snapshot_dir=_snapshot_dir(args)))
     except BaseExceptionGroup as group:

@@ -291,8 +291,6 @@ class Config:
     unregister_model_timeout: int = field(default=120, metadata=_NONNEG)
     # trioserve's own: how long SIGTERM/SIGINT wait for accepted requests before cancelling.
     drain_timeout: int = field(default=30, metadata=_NONNEG)
-    # trioserve's own: run the frontend under Linux's SCHED_BATCH (see trioserve/sched.py).
-    frontend_sched_batch: bool = field(default=True, metadata=_BOOL)
     job_queue_size: int = field(default=100, metadata=_POS)
     number_of_gpu: int | None = field(default=None, metadata=_OPT_NONNEG)  # None: all visible
     # trioserve's own: recycle a worker past this many requests / this RSS (0: never); a model's

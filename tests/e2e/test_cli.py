@@ -147,27 +147,3 @@ def test_log_config_and_toml_config(workdir: Path, ports: dict[str, int]) -> Non
     assert "trioserve.server|Model server started." in text
     assert "trioserve.access|" in text
     assert '"GET /ping HTTP/1.1"' in text
-
-
-def _worker_pids(management: str, model: str) -> list[int]:
-    workers = httpx.get(f"{management}/models/{model}").json()[0]["workers"]
-    return [int(w["pid"]) for w in workers]
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling classes")
-@pytest.mark.parametrize("enabled", [True, False])
-def test_frontend_scheduling_class(workdir: Path, ports: dict[str, int], enabled: bool) -> None:
-    """The frontend runs SCHED_BATCH (its wakeups do not preempt a worker) unless
-    frontend_sched_batch=false; its workers keep the default policy either way."""
-    extra = "" if enabled else "frontend_sched_batch=false\n"
-    config = write_properties(workdir, ports, extra)
-    args = ["--ts-config", str(config), "--model-store", str(EXAMPLES), "--models", "echo"]
-    with spawned(args, workdir) as process:
-        management = f"http://127.0.0.1:{ports['management']}"
-        wait_ready(management, "echo")
-        expected = os.SCHED_BATCH if enabled else os.SCHED_OTHER
-        assert os.sched_getscheduler(process.pid) == expected
-        assert [os.sched_getscheduler(p) for p in _worker_pids(management, "echo")] == [
-            os.SCHED_OTHER
-        ]
-        assert stop(process) == 0
