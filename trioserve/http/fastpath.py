@@ -1,9 +1,10 @@
 """The plain request, parsed without h11 (sans-IO).
 
-h11 costs ~70 µs a request here, a tenth of a small prediction's time in the frontend. Nearly
-every request a model server sees is the same plain shape: a complete head in one read, a
-request line and ``name: value`` lines with CRLFs, HTTP/1.1, one Host, at most one
-Content-Length, nothing that changes the framing or the connection. :func:`parse_head` parses
+h11 costs 70 to 100 µs to read a small request and write its answer here, against ~14 µs
+for this path: a sixth of a small prediction's time in the frontend. Nearly every request a
+model server sees is the same plain shape: a complete head in one read, a request line and
+``name: value`` lines with CRLFs, HTTP/1.1, one Host, at most one Content-Length, nothing that
+changes the framing or the connection. :func:`parse_head` parses
 exactly that subset and says None to anything else, which h11 then parses as before. So it
 only ever accepts what h11 accepts, and reads it the same way (names keep their case; values
 lose the optional whitespace around them): tests/unit/test_fastpath.py checks both against
