@@ -241,6 +241,29 @@ async def test_connection_closes_after_http_max_requests_per_connection(
     await assert_well_behaved_client_is_served(server)
 
 
+async def test_plain_and_h11_requests_share_a_connection(server: Server) -> None:
+    """Plain requests (parsed without h11) and the others (h11's) alternate on one keep-alive
+    connection, one by one and pipelined, each answered in order."""
+    chunked = b"3\r\nabc\r\n0\r\n\r\n"
+    h11_only = [
+        b"GET /ping HTTP/1.1\r\nHost: t\r\nX-Name: caf\xc3\xa9\r\n\r\n",  # non-ASCII value
+        b"POST /ping HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+    ]
+    with trio.fail_after(HARD_STOP_S):
+        async with await connect(server) as stream:
+            for request in h11_only:
+                await stream.send_all(PING)
+                assert status_of(await read_response(stream)) == 200
+                await stream.send_all(request)
+                reply = await read_response(stream)
+                assert status_of(reply) == 200
+                assert json_body(reply) == {"status": "Healthy"}
+            await stream.send_all(b"".join([PING, *h11_only, PING]))
+            replies = [await read_response(stream) for _ in range(4)]
+    assert [status_of(r) for r in replies] == [200, 200, 200, 200]
+    await assert_well_behaved_client_is_served(server)
+
+
 async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
     requests = PING + b"OPTIONS / HTTP/1.1\r\nHost: t\r\n\r\n" + PING
     with trio.fail_after(HARD_STOP_S):

@@ -515,6 +515,38 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
         assert [r.path for r in s.handler.requests] == ["/echo", "/ok", "/echo"]
 
 
+async def test_a_head_split_across_reads_goes_to_h11_and_the_next_plain_one_does_not() -> None:
+    async with connected() as s:
+        await s.client.stream.send_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-")
+        await trio.testing.wait_all_tasks_blocked()  # the server has read the first part alone
+        await s.client.stream.send_all(b"Length: 3\r\n\r\none")
+        s.client.pretend_sent("POST")
+        assert (await s.client.response()).body == b"one"
+        s.client.conn.start_next_cycle()
+        await s.client.stream.send_all(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\ntwo"
+        )
+        s.client.pretend_sent("POST")
+        assert (await s.client.response()).body == b"two"
+
+
+async def test_a_plain_body_split_across_reads_is_joined() -> None:
+    async with connected() as s:
+        await s.client.stream.send_all(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\nabc"
+        )
+        await trio.testing.wait_all_tasks_blocked()  # head parsed, waiting for the body's rest
+        await s.client.stream.send_all(b"def")
+        await trio.testing.wait_all_tasks_blocked()
+        await s.client.stream.send_all(b"ghiGET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.client.pretend_sent("POST")
+        assert (await s.client.response()).body == b"abcdefghi"
+        s.client.conn.start_next_cycle()
+        s.client.pretend_sent("GET")
+        assert (await s.client.response()).body == b"hello"
+        assert [r.path for r in s.handler.requests] == ["/echo", "/ok"]
+
+
 async def test_head_request_gets_length_but_no_body_and_keeps_the_connection() -> None:
     async with connected() as s:
         await s.client.request("/ok", "HEAD")

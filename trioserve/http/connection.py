@@ -1,14 +1,15 @@
 """The HTTP/1.1 connection loop: h11 as the protocol machine, two tasks per connection.
 
 This module owns the stream; h11 never sees it. The loop parses, dispatches and sends; a reader
-task is the only one receiving, for the connection's whole life (it feeds h11, wakes the loop,
-and doubles as the disconnect watcher while a handler runs). Deadlines bound each wait on the
-peer: the
-request head, the body, the idle gap between keep-alive requests and each slice of a send (their
-values, and the other limits, come in ``Limits``: see http/limits.py). Every one of them ends the
-connection when it passes, so they share one cancel scope around the connection's loop, whose
-deadline is moved before each wait (and back to infinity while the handler runs): entering and
-leaving a scope per wait cost more than the rest of a small request's bookkeeping.
+task is the only one receiving, for the connection's whole life (it fills the connection's
+buffer, wakes the loop, and doubles as the disconnect watcher while a handler runs). A plain
+request (http/fastpath.py) is parsed from that buffer and answered without h11; any other is
+handed to h11 from its first byte. Deadlines bound each wait on the peer: the request head, the
+body, the idle gap between keep-alive requests and each slice of a send (their values, and the
+other limits, come in ``Limits``: see http/limits.py). Every one of them ends the connection
+when it passes, so they share one cancel scope around the connection's loop, whose deadline is
+moved before each wait (and back to infinity while the handler runs): entering and leaving a
+scope per wait cost more than the rest of a small request's bookkeeping.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ class HTTPConnection:
         if self._plain_next():
             head = await self._plain_head()
             if head is None:
-                return False  # draining, or the peer left between requests
+                return False  # draining: no new request is read
             if isinstance(head, PlainHead):
                 return await self._serve_plain(head, request_id)
             arrived = True  # anything else is h11's, from the first byte of this request
