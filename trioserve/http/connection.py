@@ -295,16 +295,8 @@ class HTTPConnection:
                     # reaches its reader (and other connections run) before this one is served.
                     await trio.lowlevel.checkpoint()
             else:
-                if not arrived:
-                    if self.drain.draining:
-                        return False
-                    # Idle: a drain (or the keep-alive timeout) cancels the scope and so closes.
-                    self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
-                    self.drain._idle.add(self._deadline)
-                    try:
-                        await self._read_more()
-                    finally:
-                        self.drain._idle.discard(self._deadline)
+                if not arrived and not await self._wait_idle():
+                    return False
                 # Absolute, from the head's first byte: a trickle cannot stretch it.
                 deadline = trio.current_time() + self.limits.header_timeout
                 event = await self._next_event(deadline)
@@ -330,21 +322,10 @@ class HTTPConnection:
             remote=self.remote,
         )
         declared = request.header("content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > self.limits.max_request_size
-        ):
-            # Refused from the head alone, before any of the body (or a 100 Continue) is sent.
-            await self._send_simple(Response(413), request_id)
-            self._log(request, 413, start)
-            return False
-        refusal = self.admit(request) if self.admit is not None else None
+        refusal = self._refusal(request, int(declared) if declared and declared.isdigit() else None)
         if refusal is not None:
-            # Answered before the body: the connection closes (status >= 400), so the unread
-            # body never needs reading.
-            await self._send_simple(error_response(refusal), request_id)
-            self._log(request, refusal.code, start)
+            # Before any of the body (or a 100 Continue) is sent.
+            self._log(request, await self._send_simple(refusal, request_id), start)
             return False
         try:
             request.body = await self._read_body()
@@ -364,21 +345,56 @@ class HTTPConnection:
             self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and status < 400
         )
 
+    async def _wait_idle(self) -> bool:
+        """Wait, between requests, for the next one's first bytes; False (nothing waited for)
+        when the server is draining. A drain, or the keep-alive timeout, cancels the
+        connection's scope meanwhile, and so closes it."""
+        if self.drain.draining:
+            return False
+        self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
+        self.drain._idle.add(self._deadline)
+        try:
+            self._fresh = False
+            await self._read_more()
+        finally:
+            self.drain._idle.discard(self._deadline)
+        return True
+
+    def _refusal(self, request: Request, length: int | None) -> Response | None:
+        """The answer a request gets from its head alone (its body, of declared ``length``,
+        then never read; the connection closes after it): 413 over ``max_request_size``, or
+        the admission's refusal (a key missing, a full queue)."""
+        if length is not None and length > self.limits.max_request_size:
+            return Response(413)
+        refusal = self.admit(request) if self.admit is not None else None
+        return error_response(refusal) if refusal is not None else None
+
+    async def _send_chunks(
+        self,
+        response: StreamingResponse,
+        write: Callable[[bytes], Awaitable[None]],
+        no_body: bool,
+    ) -> None:
+        """Each chunk of a streamed body through ``write`` (read, not sent, when ``no_body``).
+        The head is out already: a stream that fails can only end the connection without the
+        last chunk, which is how the client learns the body is incomplete."""
+        try:
+            async for chunk in response.chunks:
+                if chunk and not no_body:
+                    await write(chunk)
+        except _ClientGone:
+            raise
+        except Exception as exc:
+            logger.exception("streamed response failed after its head was sent")
+            raise _ClientGone() from exc
+
     async def _plain_head(self) -> PlainHead | bool | None:
         """Wait for the next request's first bytes as ``_serve_one`` does for h11; its head if
         plain (http/fastpath.py), True when h11 must take it, None when the connection ends."""
         if self._buffer:
             await trio.lowlevel.checkpoint()  # pipelined: as in _serve_one
-        elif not self._eof:
-            if self.drain.draining:
-                return None
-            self._deadline.deadline = trio.current_time() + self.limits.keepalive_timeout
-            self.drain._idle.add(self._deadline)
-            try:
-                self._fresh = False
-                await self._read_more()
-            finally:
-                self.drain._idle.discard(self._deadline)
+        elif not self._eof and not await self._wait_idle():
+            return None
         self._fresh = False
         head = fastpath.parse_head(self._buffer, self.limits.max_header_bytes)
         return True if head is None else head
@@ -387,16 +403,12 @@ class HTTPConnection:
         """``_serve_one`` for a plain request, h11 left out: same limits, same answers."""
         self.requests += 1
         start = time.perf_counter()
-        request = Request(head.method, head.target, head.headers, request_id=request_id)
-        request.remote = self.remote
-        if head.content_length > self.limits.max_request_size:
-            await self._send_plain(Response(413), request_id, keep=False)
-            self._log(request, 413, start)
-            return False
-        refusal = self.admit(request) if self.admit is not None else None
+        request = Request(
+            head.method, head.target, head.headers, request_id=request_id, remote=self.remote
+        )
+        refusal = self._refusal(request, head.content_length)
         if refusal is not None:
-            await self._send_plain(error_response(refusal), request_id, keep=False)
-            self._log(request, refusal.code, start)
+            self._log(request, await self._send_plain(refusal, request_id, keep=False), start)
             return False
         request.body = await self._read_plain_body(head)
         self._deadline.deadline = math.inf
@@ -452,15 +464,11 @@ class HTTPConnection:
             self._plain_done = not (keep and response.status < 400)
             await self._send_parts([head])
             no_body = response.status in NO_BODY_STATUSES
-            try:
-                async for chunk in response.chunks:
-                    if chunk and not no_body:
-                        await self._send_parts([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
-            except _ClientGone:
-                raise
-            except Exception as exc:
-                logger.exception("streamed response failed after its head was sent")
-                raise _ClientGone() from exc
+
+            async def write(chunk: bytes) -> None:
+                await self._send_parts([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
+
+            await self._send_chunks(response, write, no_body)
             if not no_body:
                 await self._send_parts([b"0\r\n\r\n"])
             return response.status
@@ -550,17 +558,11 @@ class HTTPConnection:
                 return await self._send_simple(internal_error(), request_id)
             await self._send(head)
             no_body = head_only or response.status in NO_BODY_STATUSES
-            try:
-                async for chunk in response.chunks:
-                    if chunk and not no_body:
-                        await self._send(h11.Data(data=chunk))
-            except _ClientGone:
-                raise
-            except Exception as exc:
-                # The head is out: ending the connection without the last chunk is the only way
-                # left to tell the client the body is incomplete.
-                logger.exception("streamed response failed after its head was sent")
-                raise _ClientGone() from exc
+
+            async def write(chunk: bytes) -> None:
+                await self._send(h11.Data(data=chunk))
+
+            await self._send_chunks(response, write, no_body)
             await self._send(h11.EndOfMessage())
             return response.status
         finally:
