@@ -11,9 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -27,6 +28,8 @@ from trioserve.models.process import DEPS_DIR
 from trioserve.models.recycling import RecyclePolicy
 
 logger = logging.getLogger(__name__)
+
+A = TypeVar("A")  # an opened archive: a model's or a workflow's
 
 RUNTIMES = ("python", "python3", "LSP")
 # How long pip may take installing one archive's requirementsFile (install_py_dep_per_model):
@@ -268,6 +271,34 @@ async def install_dependencies(archive: ModelArchive, name: str) -> None:
         raise BadRequest(f"Custom pip package installation failed for model {name}:\n{tail}")
 
 
+async def fetch_and_open(
+    state: ServerState,
+    url: str,
+    s3_sse_kms: bool,
+    into: str | None,
+    opener: Callable[[Path, Path], A],
+) -> tuple[A, Path, bool]:
+    """Fetch ``url`` into the store ``into`` (signed for SSE-KMS and ``s3://`` URLs) and open
+    it with ``opener`` in a thread: (archive, its path, whether it was downloaded). A download
+    that does not open is removed again.
+
+    Raises:
+        ServeError: what the fetch or ``opener`` raises (a 400 for a bad URL or archive).
+    """
+    config = state.config
+    auth = None
+    if s3_sse_kms or s3.is_s3_url(url):
+        auth = s3.S3Download(config.s3_endpoint_url)
+    path, downloaded = await store.fetch(url, into, config.allowed_urls, auth=auth)
+    try:
+        archive = await trio.to_thread.run_sync(opener, path, state.extract_root)
+    except BaseException:
+        if downloaded:
+            store.remove_download(path)
+        raise
+    return archive, path, downloaded
+
+
 async def register(
     state: ServerState, params: RegisterParams, *, at_startup: bool = False
 ) -> tuple[ModelVersion, int, int]:
@@ -280,18 +311,9 @@ async def register(
     if params.runtime is not None and params.runtime not in RUNTIMES:
         raise BadRequest(f"Invalid RuntimeType value: {params.runtime}")
     config = state.config
-    auth = None
-    if params.s3_sse_kms or s3.is_s3_url(params.url):
-        auth = s3.S3Download(config.s3_endpoint_url)
-    path, downloaded = await store.fetch(
-        params.url, config.model_store, config.allowed_urls, auth=auth
+    archive, path, downloaded = await fetch_and_open(
+        state, params.url, params.s3_sse_kms, config.model_store, open_archive
     )
-    try:
-        archive = await trio.to_thread.run_sync(open_archive, path, state.extract_root)
-    except BaseException:
-        if downloaded:
-            store.remove_download(path)
-        raise
     try:
         name = params.model_name or archive.manifest.model_name
         if not name and at_startup:

@@ -24,6 +24,7 @@ from trioserve.api.inference import later_chunks, start_job, stream_chunk_timeou
 from trioserve.api.management import StatusReply, unregister_version
 from trioserve.api.register import (
     RegisterParams,
+    fetch_and_open,
     int_param,
     register,
     request_values,
@@ -33,7 +34,7 @@ from trioserve.api.state import ServerState
 from trioserve.errors import BadRequest, InternalServerError, ModelNotFound, ServeError
 from trioserve.http.request import Input, Request, body_inputs
 from trioserve.http.response import JSON, Response, json_response, status_response
-from trioserve.models import s3, store
+from trioserve.models import store
 from trioserve.models.job import Job
 from trioserve.models.model import ModelVersion
 from trioserve.workflows.archive import WorkflowArchive, open_war, remove_extraction
@@ -174,16 +175,9 @@ async def register_workflow_core(state: ServerState, params: WorkflowParams) -> 
         raise BadRequest("Parameter url is required.")
     config = state.config
     workflow_store = config.workflow_store or config.model_store
-    auth = None
-    if params.s3_sse_kms or s3.is_s3_url(params.url):
-        auth = s3.S3Download(config.s3_endpoint_url)
-    path, downloaded = await store.fetch(params.url, workflow_store, config.allowed_urls, auth=auth)
-    try:
-        archive = await trio.to_thread.run_sync(open_war, path, state.extract_root)
-    except BaseException:
-        if downloaded:
-            store.remove_download(path)
-        raise
+    archive, path, downloaded = await fetch_and_open(
+        state, params.url, params.s3_sse_kms, workflow_store, open_war
+    )
     try:
         workflow = _workflow(archive, params, params.url, downloaded)
         state.workflows.reserve(workflow.name, workflow.model_names())
