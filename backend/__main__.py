@@ -22,6 +22,11 @@ import sys
 import threading
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_TIMERSLACK = 29
+# How late (ns) Linux may fire this process's timers, to merge wakeups; its default, 50 µs,
+# makes a handler's 10 ms sleep take ~10.17 ms here instead of ~10.10 ms, half a percent of a
+# worker's throughput. A worker wakes ~100 times a second at most: merging saves nothing.
+TIMER_SLACK_NS = 1000
 # A real-time signal nobody else uses: blocked in every thread, it is only ever taken by the
 # watchdog's sigtimedwait. (Children a handler spawns inherit the block, harmlessly.)
 PARENT_DEATH_SIGNAL: int | None = getattr(signal, "SIGRTMAX", None)
@@ -48,6 +53,19 @@ def arm_parent_death_signal() -> int | None:
         pass
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {PARENT_DEATH_SIGNAL})
     return None
+
+
+def tighten_timer_slack() -> bool:
+    """Set this process's timer slack to TIMER_SLACK_NS (Linux; elsewhere a no-op: False).
+    Threads started afterwards inherit it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        args = (PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+        return bool(libc.prctl(*(ctypes.c_ulong(a) for a in args)) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 def watch_parent(parent: int, signum: int | None) -> None:
@@ -104,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     fd, parent = _parse(argv)
     # First, before any import could start a thread that would not inherit the signal's block.
     follow_parent(parent if parent is not None else os.getppid())
+    tighten_timer_slack()
     from backend.worker import run
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")

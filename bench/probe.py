@@ -1,9 +1,10 @@
 """One load against trioserve alone, with the frontend's own CPU per request:
 ``python -m bench.probe [--model echo|sleep10|cnn] [--workers N] [--batch B] [--conns C]
-[--duration S] [--profile FILE]``.
+[--duration S] [--grpc] [--profile FILE]``.
 
 The figure to compare two builds by (run it for each, alternating, on the same machine): the
 frontend process's CPU µs per request, next to the whole tree's and wrk's req/s and latencies.
+``--grpc`` drives gRPC Predictions with the suite's grpcio client instead of wrk.
 ``--profile FILE`` records the frontend with py-spy meanwhile (``pip install py-spy``; raw
 collapsed stacks, the format ``py-spy record -f raw`` writes).
 """
@@ -21,7 +22,7 @@ import psutil
 
 from bench.common import LUA_POST, lua_post_file
 from bench.models import SOURCES, build_archive, cnn_input
-from bench.scenarios import Load, rest_load
+from bench.scenarios import Load, grpc_load, rest_load
 from bench.servers import start_server
 
 BATCH_DELAY_MS = 5
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--duration", type=float, default=6)
+    parser.add_argument("--grpc", action="store_true", help="gRPC Predictions, not REST")
     parser.add_argument("--profile", type=Path, help="py-spy raw output for the frontend")
     args = parser.parse_args(argv)
     if args.profile is not None and shutil.which("py-spy") is None:
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_healthy()
         server.register("m.mar", "m", args.workers, args.batch, BATCH_DELAY_MS)
         load = Load("m", script, args.workers, args.batch)
-        rest_load(server, load, 8, 2)  # warm-up
+        if args.grpc:
+            grpc_load(server, "m", 8, 2)  # warm-up
+        else:
+            rest_load(server, load, 8, 2)
         spy = None
         if args.profile is not None:
             command = ["py-spy", "record", "-r", "250", "-f", "raw", "--nonblocking"]
@@ -69,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )
         before = _cpu(server.root_pid)
-        figures = rest_load(server, load, args.conns, args.duration)
+        if args.grpc:
+            figures = grpc_load(server, "m", args.conns, args.duration)
+        else:
+            figures = rest_load(server, load, args.conns, args.duration)
         frontend_s = _cpu(server.root_pid) - before
         if spy is not None:
             spy.wait()
@@ -77,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     requests = max(figures["req/s"] * args.duration, 1)
-    label = f"{args.model} w={args.workers} b={args.batch} c={args.conns}"
+    label = (
+        f"{'grpc ' if args.grpc else ''}{args.model} w={args.workers} b={args.batch} c={args.conns}"
+    )
     shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
     print(f"{label}: frontend CPU µs/req {frontend_s / requests * 1e6:.0f}, {shown}")
     return 0

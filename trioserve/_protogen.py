@@ -3,9 +3,9 @@
 - ``protos/worker.proto`` -> ``backend/_proto/`` (messages only: the worker wire protocol).
 - ``protos/inference.proto``, ``protos/management.proto``, ``protos/open_inference.proto``
   -> ``trioserve/grpc/_proto/``:
-  messages (``--python_out``, ``--pyi_out``) and grpclib service bases
-  (``--grpclib_python_out``), with their imports made package-relative and a
-  "generated, do not edit" header.
+  messages (``--python_out``, ``--pyi_out``), with their imports made package-relative and a
+  "generated, do not edit" header. The services need no generated code: grpc/methods.py
+  serves each RPC from the messages' service descriptors.
 
 The generated files are committed; ``tests/unit/test_protos.py`` regenerates them into a
 temporary directory and fails when the committed copies differ.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,9 +26,7 @@ GRPC_OUT = ROOT / "trioserve" / "grpc" / "_proto"
 GRPC_PACKAGE = "trioserve.grpc._proto"
 GRPC_PROTOS = ("inference.proto", "management.proto", "open_inference.proto")
 GRPC_FILES = tuple(
-    f"{Path(proto).stem}{suffix}"
-    for proto in GRPC_PROTOS
-    for suffix in ("_pb2.py", "_pb2.pyi", "_grpc.py")
+    f"{Path(proto).stem}{suffix}" for proto in GRPC_PROTOS for suffix in ("_pb2.py", "_pb2.pyi")
 )
 HEADER = "# Generated from protos/{proto} by trioserve/_protogen.py: do not edit (nox -s protos).\n"
 
@@ -55,15 +52,6 @@ def _protoc(args: list[str]) -> None:
         raise SystemExit("protoc failed")
 
 
-def _grpclib_plugin() -> str:
-    found = shutil.which("protoc-gen-grpclib_python") or str(
-        Path(sys.executable).parent / "protoc-gen-grpclib_python"
-    )
-    if not Path(found).exists():
-        raise SystemExit("grpclib's protoc plugin (protoc-gen-grpclib_python) is not installed")
-    return found
-
-
 def generate(out_dir: Path) -> None:
     """The worker protocol's messages (backend/_proto)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,20 +67,18 @@ def _package_imports(text: str) -> str:
 
 
 def generate_grpc(out_dir: Path) -> None:
-    """The gRPC messages and grpclib service bases (trioserve/grpc/_proto)."""
+    """The gRPC messages (trioserve/grpc/_proto)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as raw:
         _protoc(
             [
-                f"--plugin=protoc-gen-grpclib_python={_grpclib_plugin()}",
                 f"--python_out={raw}",
                 f"--pyi_out={raw}",
-                f"--grpclib_python_out={raw}",
                 *(str(PROTOS / proto) for proto in GRPC_PROTOS),
             ]
         )
         for name in GRPC_FILES:
-            proto = name.rsplit("_", 1)[0] + ".proto"
+            proto = name.rsplit("_", 1)[0] + ".proto"  # inference_pb2.py -> inference.proto
             text = _package_imports((Path(raw) / name).read_text())
             (out_dir / name).write_text(HEADER.format(proto=proto) + text)
     init = out_dir / "__init__.py"

@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -24,7 +25,7 @@ from google.protobuf import empty_pb2
 from google.rpc import error_details_pb2
 from grpc_tools import protoc
 
-from tests.conftest import Server, make_config, wait_until
+from tests.conftest import Server, make_config, start_server, wait_until
 from tests.support.models import (
     DESCRIBE_HANDLER,
     ECHO_HANDLER,
@@ -35,7 +36,8 @@ from tests.support.models import (
 )
 from trioserve._protogen import GRPC_PROTOS, PROTOS, include_dirs
 from trioserve.errors import ConfigError
-from trioserve.grpc.server import _bind
+from trioserve.grpc.loop import THREAD_NAME
+from trioserve.grpc.server import RECEIVE_SLACK
 
 # Logs each request's tag to the file its "log" input names, sleeps for its "sleep" input, and
 # answers its tag and the worker's pid: gRPC forwards no headers, so the controls are inputs.
@@ -459,6 +461,9 @@ async def test_message_limits_refuse_oversized_requests_and_replies(
         error = await rpc_error(predict, clients.predict("echo", data=b"x" * 5000))
         assert error.code() is Code.RESOURCE_EXHAUSTED
         assert error.details().startswith("gRPC message exceeds maximum size 1000: 50")
+        # Far over the limit: grpcio refuses it before it is buffered, with its own text.
+        huge = clients.predict("echo", data=b"x" * (1000 + RECEIVE_SLACK))
+        assert (await rpc_error(predict, huge)).code() is Code.RESOURCE_EXHAUSTED
         assert (await call(predict, clients.predict("echo", data="small"))).prediction == b"small"
         # A describe reply (about 900 bytes of JSON) is over max_response_size.
         describe = pb.management_pb2.DescribeModelRequest(model_name="echo")
@@ -527,13 +532,6 @@ async def test_a_port_that_cannot_be_bound_is_logged_and_the_rest_serves(
             channel.close()
 
 
-def test_listening_socket_is_tcp_so_grpclib_sets_nodelay() -> None:
-    """grpclib sets TCP_NODELAY only on IPPROTO_TCP sockets; without it Nagle's algorithm
-    added about 40 ms to every unary call."""
-    with _bind("127.0.0.1", 0) as sock:
-        assert sock.proto == socket.IPPROTO_TCP
-
-
 async def test_shutdown_lets_a_call_in_flight_finish(
     clients: Clients, model_store: Path, tmp_path: Path
 ) -> None:
@@ -546,3 +544,28 @@ async def test_shutdown_lets_a_call_in_flight_finish(
     clients.server.running.shutdown()
     reply = await call(in_flight.result)
     assert json.loads(reply.prediction)["tag"] == "in-flight"
+
+
+async def test_shutdown_aborts_a_call_that_outlasts_the_drain(
+    pb: SimpleNamespace, model_store: Path, tmp_path: Path
+) -> None:
+    handler_archive(model_store, "slow", SLOW_HANDLER)
+    log = tmp_path / "ran.log"
+    with trio.fail_after(30):  # the handler would sleep for 120 s
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, grpc_config(model_store, drain_timeout=1))
+            clients = Clients(pb, server)
+            try:
+                await register(clients, "slow")
+                request = clients.predict("slow", tag="long", sleep="120", log=str(log))
+                in_flight = clients.inference.Predictions.future(request, timeout=60)
+                await wait_until(lambda: logged(log, "long"))
+                server.running.shutdown()
+                error = await rpc_error(in_flight.result)
+                assert error.code() in (Code.UNAVAILABLE, Code.CANCELLED)
+            finally:
+                clients.close()
+                await server.inference.aclose()
+                await server.management.aclose()
+    # serve() has returned, and the gRPC loop's thread with it.
+    assert THREAD_NAME not in {thread.name for thread in threading.enumerate()}

@@ -15,6 +15,7 @@ import pytest
 import trio
 import yaml
 
+from backend.__main__ import TIMER_SLACK_NS
 from tests.conftest import Server, make_config, wait_until
 from tests.support.models import (
     BROKEN_INIT_HANDLER,
@@ -233,6 +234,17 @@ async def test_dying_words_without_newline_are_logged_and_explain_the_death(
     )
     await wait_for_log(caplog, f"[{name}] last words without a newline")
     await wait_for_log(caplog, name, "exit code 4", "Last stderr: last words without a newline")
+
+
+@pytest.mark.skipif(not Path("/proc/self/timerslack_ns").exists(), reason="Linux >= 4.6")
+async def test_worker_fires_its_timers_without_linux_default_slack(
+    server: Server, model_store: Path
+) -> None:
+    handler_archive(model_store, "echo", ECHO_HANDLER)
+    await register_ok(server, "echo.mar")
+    worker = await only_worker(server, "echo")
+    slack = await trio.Path(f"/proc/{worker['pid']}/timerslack_ns").read_text()
+    assert int(slack) == TIMER_SLACK_NS < 50_000
 
 
 async def test_killed_idle_worker_is_replaced_without_losing_a_request(

@@ -1,4 +1,5 @@
-"""gRPC (contract §4): grpclib services on a trio-asyncio loop, adapting to the api/ functions.
+"""gRPC (contract §4): grpcio's server on an asyncio loop in its own thread, its calls' work in
+trio, adapting to the api/ functions.
 
-``server.serve_grpc`` is the one entry point; the generated code lives in ``_proto/``.
+``server.serve_grpc`` is the one entry point; the generated messages live in ``_proto/``.
 """

@@ -1,9 +1,11 @@
-"""Between grpclib (asyncio, on the trio-asyncio loop) and trioserve (trio).
+"""Between grpcio's asyncio server (its own loop, in its own thread) and trioserve (trio).
 
-The services are asyncio code: grpclib calls them and they do the call's I/O. Everything that
-touches models runs in trio through :meth:`Bridge.run`, under the client's deadline as a trio
-cancel scope, so a job sees a deadline or a cancelled call exactly as it sees an HTTP client
-that went away (a queued job is dropped, no worker is restarted).
+grpcio's C core does the HTTP/2; its handlers are asyncio coroutines on the gRPC thread's loop.
+Everything that touches models runs in trio through :meth:`Bridge.run`, as a task of the gRPC
+nursery, under the client's deadline as a trio cancel scope, so a job sees a deadline or a
+cancelled call exactly as it sees an HTTP client that went away (a queued job is dropped, no
+worker is restarted). The two loops only meet through their thread-safe entry points:
+``TrioToken.run_sync_soon`` one way, ``loop.call_soon_threadsafe`` the other.
 """
 
 from __future__ import annotations
@@ -11,28 +13,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import struct
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+import grpc
 import trio
-import trio_asyncio
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
+from google.protobuf.message import DecodeError, Message
 
 from trioserve.errors import ServeError
+from trioserve.grpc.loop import LoopThread
 from trioserve.http.response import dump_json
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+STATUS_CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
-# gRPC's length-prefixed message: a compressed flag byte, then a 4-byte big-endian length.
-_PREFIX = struct.Struct(">?I")
+
+class CallError(Exception):
+    """Ends the call with this status and description."""
+
+    def __init__(self, code: grpc.StatusCode | int, details: str) -> None:
+        super().__init__(details)
+        self.code = code if isinstance(code, grpc.StatusCode) else STATUS_CODES[code]
+        self.details = details
 
 
 def json_text(value: object) -> str:
@@ -40,133 +45,157 @@ def json_text(value: object) -> str:
     return dump_json(value).decode("utf-8").removesuffix("\n")
 
 
-class Calls:
-    """The calls in flight, so a shutdown can wait for them before grpclib's ``close()``
-    (which cancels whatever still runs); once draining, new calls are refused UNAVAILABLE."""
+class Context(Protocol):
+    """What the services use of grpcio's ``ServicerContext``."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+    def time_remaining(self) -> float | None: ...
 
-    @asynccontextmanager
-    async def track(self) -> AsyncIterator[None]:
-        if self.draining:
-            raise GRPCError(Status.UNAVAILABLE, "The server is shutting down.")
-        self.count += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def drain(self) -> None:
-        """Refuse new calls and wait until the running ones have finished (asyncio side; the
-        caller bounds the wait)."""
-        self.draining = True
-        await self._idle.wait()
+    async def write(self, message: Any) -> None: ...
 
 
-async def _under_deadline(
-    remaining: float | None, fn: Callable[..., Awaitable[T]], *args: Any
-) -> T:
-    with trio.move_on_after(math.inf if remaining is None else remaining):
-        return await fn(*args)
-    raise GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded")
+class _Call(Generic[T]):
+    """One trio run of a call: the asyncio future that gets its outcome, and the cancel scope
+    the asyncio side cancels (through the trio token) when grpcio cancels the handler."""
+
+    __slots__ = ("future", "scope")
+
+    def __init__(self, future: asyncio.Future[T]) -> None:
+        self.future = future
+        self.scope = trio.CancelScope()
+
+
+def _settle(future: asyncio.Future[T], value: T | None, error: BaseException | None) -> None:
+    if future.done():  # the handler was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)  # type: ignore[arg-type]
 
 
 class Bridge:
-    """What every service shares: the loop, the message limits and the calls in flight."""
+    """What every service shares: the gRPC thread's loop, the gRPC nursery (where the trio
+    side of each call runs), the message limits."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, max_request_size: int, max_response_size: int
+        self,
+        thread: LoopThread,
+        nursery: trio.Nursery,
+        *,
+        max_request_size: int,
+        max_response_size: int,
     ) -> None:
-        self.loop = loop
+        self.loop = thread.loop
+        self._thread = thread
         self.max_request_size = max_request_size
         self.max_response_size = max_response_size
-        self.calls = Calls()
+        self._nursery = nursery
+        self._token = trio.lowlevel.current_trio_token()
 
-    async def run(self, stream: Stream[Any, Any], fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    # asyncio side
+
+    async def run(self, context: Context, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run the trio function ``fn(*args)`` for this call (asyncio side) under the client's
-        deadline; the call's cancellation (client gone, deadline, shutdown) cancels it.
+        deadline; the handler's cancellation (client gone, deadline, shutdown) cancels it.
 
         Raises:
             ServeError: as ``fn`` raises it, for the service to map to a status.
-            GRPCError: DEADLINE_EXCEEDED when the client's deadline passes first; INTERNAL for
-                an unexpected exception (logged).
+            CallError: as ``fn`` raises it; DEADLINE_EXCEEDED when the client's deadline passes
+                first; INTERNAL for an unexpected exception (logged).
         """
-        deadline = stream.deadline
-        remaining = None if deadline is None else max(deadline.time_remaining(), 0.0)
-        runner = trio_asyncio.trio_as_aio(_under_deadline, loop=self.loop)
+        remaining = context.time_remaining()
+        call: _Call[T] = _Call(self.loop.create_future())
+        self._token.run_sync_soon(self._spawn, call, remaining, fn, args)
         try:
-            result: T = await runner(remaining, fn, *args)
-        except (GRPCError, ServeError):
+            return await call.future
+        except asyncio.CancelledError:
+            self._token.run_sync_soon(call.scope.cancel)
             raise
-        except Exception:
-            # A bug, not an expected error: logged with its traceback, INTERNAL to the client
-            # (REST answers 500 InternalServerException).
-            logger.exception("gRPC call %s failed", stream._method_name)
-            raise GRPCError(Status.INTERNAL, "Internal Server Error") from None
-        return result
 
-    def sender(self, stream: Stream[Any, T]) -> Callable[[T], Awaitable[None]]:
-        """A trio-side ``send(message)`` for streaming replies from inside :meth:`run`."""
-        send: Callable[[T], Awaitable[None]] = trio_asyncio.aio_as_trio(
-            partial(self.send, stream), loop=self.loop
-        )
+    def decode(self, data: bytes, kind: type[M]) -> M:
+        """A request message, refused over ``max_request_size`` with the text TorchServe's
+        gRPC server gives (grpcio itself only stops messages far over it: server.py)."""
+        if len(data) > self.max_request_size:
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"gRPC message exceeds maximum size {self.max_request_size}: {len(data)}",
+            )
+        try:
+            return kind.FromString(data)
+        except DecodeError:
+            raise CallError(grpc.StatusCode.INTERNAL, "Invalid protobuf byte sequence") from None
+
+    def encode(self, message: Message) -> bytes:
+        """A reply's bytes, refused over ``max_response_size`` (RESOURCE_EXHAUSTED)."""
+        data = message.SerializeToString()
+        if len(data) > self.max_response_size:
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Response of {len(data)} bytes exceeds max_response_size "
+                f"{self.max_response_size}.",
+            )
+        return data
+
+    async def requests(self, raw: AsyncIterator[bytes], kind: type[M]) -> AsyncIterator[M]:
+        """The request messages of a client stream, each checked as :meth:`decode` does."""
+        async for data in raw:
+            yield self.decode(data, kind)
+
+    # trio side
+
+    def _spawn(
+        self,
+        call: _Call[T],
+        remaining: float | None,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+    ) -> None:
+        # Runs as a trio run_sync_soon callback, where an exception would end the trio run.
+        try:
+            self._nursery.start_soon(self._in_trio, call, remaining, fn, args)
+        except RuntimeError:  # the gRPC nursery has closed: shutting down
+            error = CallError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down.")
+            self._resolve(call, None, error)
+
+    def _resolve(self, call: _Call[T], value: T | None, error: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle, call.future, value, error)
+        except RuntimeError:  # the loop has closed: nobody waits for the outcome
+            pass
+
+    async def _in_trio(
+        self,
+        call: _Call[T],
+        remaining: float | None,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+    ) -> None:
+        value: T | None = None
+        error: BaseException | None = None
+        with call.scope:
+            try:
+                with trio.move_on_after(math.inf if remaining is None else remaining) as timer:
+                    value = await fn(*args)
+                if timer.cancelled_caught:
+                    raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded")
+            except (CallError, ServeError) as exc:
+                error = exc
+            except Exception:
+                # A bug, not an expected error: logged with its traceback, INTERNAL to the
+                # client (REST answers 500 InternalServerException).
+                logger.exception("gRPC call %s failed", getattr(fn, "__qualname__", fn))
+                error = CallError(grpc.StatusCode.INTERNAL, "Internal Server Error")
+        if not call.scope.cancelled_caught:  # else the handler is gone: nobody waits
+            self._resolve(call, value, error)
+
+    def sender(self, context: Context) -> Callable[[Message], Awaitable[None]]:
+        """A trio-side ``send(message)`` for streaming replies from inside :meth:`run`: it
+        returns once grpcio has taken the message, so a slow client slows the stream."""
+
+        async def send(message: Message) -> None:
+            await self.on_loop(context.write(self.encode(message)))
+
         return send
 
-    async def recv(self, stream: Stream[T, Any]) -> T | None:
-        """The next request message, or None at the end of the client's stream.
-
-        grpclib's ``recv_message`` buffers whatever length the client declares; this reads the
-        prefix first and refuses a message over ``max_request_size`` before buffering it.
-
-        Raises:
-            GRPCError: RESOURCE_EXHAUSTED for an oversized message, UNIMPLEMENTED for a
-                compressed one.
-        """
-        h2_stream = stream._stream
-        prefix = await h2_stream.recv_data(_PREFIX.size)
-        if not prefix:
-            return None
-        if len(prefix) < _PREFIX.size:
-            raise GRPCError(Status.INTERNAL, "Truncated gRPC message prefix.")
-        compressed, length = _PREFIX.unpack(prefix)
-        if compressed:
-            raise GRPCError(Status.UNIMPLEMENTED, "Compressed messages are not supported.")
-        if length > self.max_request_size:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"gRPC message exceeds maximum size {self.max_request_size}: {length}",
-            )
-        data = await h2_stream.recv_data(length)
-        if len(data) != length:
-            raise GRPCError(Status.INTERNAL, "Truncated gRPC message.")
-        message: T = stream._codec.decode(data, stream._recv_type)
-        # What grpclib's Stream.recv_message does after decoding (events, keepalive counters).
-        (message,) = await stream._dispatch.recv_message(message)
-        stream._messages_received += 1
-        h2_stream.connection.messages_received += 1
-        h2_stream.connection.last_message_received = time.monotonic()
-        return message
-
-    async def recv_one(self, stream: Stream[T, Any]) -> T:
-        """The request of a unary call."""
-        message = await self.recv(stream)
-        if message is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "No request message.")
-        return message
-
-    async def send(self, stream: Stream[Any, T], message: T) -> None:
-        """Send a reply, refusing one over ``max_response_size`` (RESOURCE_EXHAUSTED)."""
-        size = message.ByteSize()  # type: ignore[attr-defined]
-        if size > self.max_response_size:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"Response of {size} bytes exceeds max_response_size {self.max_response_size}.",
-            )
-        await stream.send_message(message)
+    async def on_loop(self, coroutine: Awaitable[T]) -> T:
+        return await self._thread.run(coroutine)

@@ -4,66 +4,66 @@ StreamPredictions2, each a thin adapter to the api/inference functions REST uses
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 from google.protobuf import empty_pb2
-from grpclib.server import Stream
 
 from backend.wire import pb
 from trioserve.api.inference import health, later_chunks, start_job, stream_chunk_timeout
 from trioserve.api.state import ServerState
 from trioserve.errors import BadRequest, ServeError
 from trioserve.grpc._proto import inference_pb2 as ipb
-from trioserve.grpc._proto.inference_grpc import InferenceAPIsServiceBase
-from trioserve.grpc.bridge import Bridge, json_text
+from trioserve.grpc.bridge import Bridge, Context, json_text
 from trioserve.grpc.status import in_stream_status, inference_error
 from trioserve.http.request import Input
 from trioserve.models.job import Job
 from trioserve.models.model import ModelVersion
 
 Send = Callable[[ipb.PredictionResponse], Awaitable[None]]
-PredictStream = Stream[ipb.PredictionsRequest, ipb.PredictionResponse]
+DESCRIPTOR = ipb.DESCRIPTOR.services_by_name["InferenceAPIsService"]
 
 
-class InferenceService(InferenceAPIsServiceBase):
+class InferenceService:
     def __init__(self, state: ServerState, bridge: Bridge) -> None:
         self._state = state
         self._bridge = bridge
 
-    async def Ping(self, stream: Stream[empty_pb2.Empty, ipb.TorchServeHealthResponse]) -> None:
-        async with self._bridge.calls.track():
-            await self._bridge.recv_one(stream)
-            text, _ = health(self._state)
-            reply = ipb.TorchServeHealthResponse(health=json_text({"status": text}))
-            await self._bridge.send(stream, reply)
+    async def Ping(
+        self, request: empty_pb2.Empty, context: Context
+    ) -> ipb.TorchServeHealthResponse:
+        return await self._bridge.run(context, self._health)
 
-    async def Predictions(self, stream: PredictStream) -> None:
-        async with self._bridge.calls.track():
-            request = await self._bridge.recv_one(stream)
-            try:
-                body = await self._bridge.run(stream, self._predict, request)
-            except ServeError as exc:
-                raise inference_error(exc) from None
-            await self._bridge.send(stream, ipb.PredictionResponse(prediction=body))
+    async def Predictions(
+        self, request: ipb.PredictionsRequest, context: Context
+    ) -> ipb.PredictionResponse:
+        try:
+            body = await self._bridge.run(context, self._predict, request)
+        except ServeError as exc:
+            raise inference_error(exc) from None
+        return ipb.PredictionResponse(prediction=body)
 
-    async def StreamPredictions(self, stream: PredictStream) -> None:
-        async with self._bridge.calls.track():
-            request = await self._bridge.recv_one(stream)
-            try:
-                await self._bridge.run(stream, self._stream, request, self._bridge.sender(stream))
-            except ServeError as exc:
-                raise inference_error(exc) from None
+    async def StreamPredictions(self, request: ipb.PredictionsRequest, context: Context) -> None:
+        send = self._bridge.sender(context)
+        try:
+            await self._bridge.run(context, self._stream, request, send)
+        except ServeError as exc:
+            raise inference_error(exc) from None
 
-    async def StreamPredictions2(self, stream: PredictStream) -> None:
+    async def StreamPredictions2(
+        self, requests: AsyncIterator[ipb.PredictionsRequest], context: Context
+    ) -> None:
         """One request after another until the client half-closes; a request's error is a
         response carrying a google.rpc.Status, and the call goes on."""
-        async with self._bridge.calls.track():
-            send = self._bridge.sender(stream)
-            while (request := await self._bridge.recv(stream)) is not None:
-                await self._bridge.run(stream, self._sequence_step, request, send)
+        send = self._bridge.sender(context)
+        async for request in requests:
+            await self._bridge.run(context, self._sequence_step, request, send)
 
     # Trio side.
+
+    async def _health(self) -> ipb.TorchServeHealthResponse:
+        text, _ = health(self._state)
+        return ipb.TorchServeHealthResponse(health=json_text({"status": text}))
 
     def _prepare(
         self,

@@ -7,20 +7,18 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
+import grpc
 
 from trioserve.api import management as api
 from trioserve.api.register import RegisterParams
 from trioserve.api.state import ServerState
 from trioserve.errors import BadRequest, ServeError
 from trioserve.grpc._proto import management_pb2 as mpb
-from trioserve.grpc._proto.management_grpc import ManagementAPIsServiceBase
-from trioserve.grpc.bridge import Bridge, json_text
+from trioserve.grpc.bridge import Bridge, CallError, Context, json_text
 from trioserve.grpc.status import management_error
 
 Req = TypeVar("Req")
+DESCRIPTOR = mpb.DESCRIPTOR.services_by_name["ManagementAPIsService"]
 # ListModels without a limit returns a page of this many (0.12 returned none: contract §10.4).
 DEFAULT_LIST_LIMIT = 100
 
@@ -29,57 +27,56 @@ def _set(value: int) -> int | None:
     return value if value > 0 else None
 
 
-class ManagementService(ManagementAPIsServiceBase):
+class ManagementService:
     def __init__(self, state: ServerState, bridge: Bridge) -> None:
         self._state = state
         self._bridge = bridge
 
     async def _unary(
         self,
-        stream: Stream[Req, mpb.ManagementResponse],
+        request: Req,
+        context: Context,
         core: Callable[[Req], Awaitable[str]],
         *,
         model_api: bool = False,
-    ) -> None:
-        async with self._bridge.calls.track():
-            request = await self._bridge.recv_one(stream)
-            if model_api and not self._state.config.enable_model_api:
-                raise GRPCError(Status.PERMISSION_DENIED, "Model API disabled")
-            try:
-                text = await self._bridge.run(stream, core, request)
-            except ServeError as exc:
-                raise management_error(exc) from None
-            await self._bridge.send(stream, mpb.ManagementResponse(msg=text))
+    ) -> mpb.ManagementResponse:
+        if model_api and not self._state.config.enable_model_api:
+            raise CallError(grpc.StatusCode.PERMISSION_DENIED, "Model API disabled")
+        try:
+            text = await self._bridge.run(context, core, request)
+        except ServeError as exc:
+            raise management_error(exc) from None
+        return mpb.ManagementResponse(msg=text)
 
     async def DescribeModel(
-        self, stream: Stream[mpb.DescribeModelRequest, mpb.ManagementResponse]
-    ) -> None:
-        await self._unary(stream, self._describe)
+        self, request: mpb.DescribeModelRequest, context: Context
+    ) -> mpb.ManagementResponse:
+        return await self._unary(request, context, self._describe)
 
     async def ListModels(
-        self, stream: Stream[mpb.ListModelsRequest, mpb.ManagementResponse]
-    ) -> None:
-        await self._unary(stream, self._list)
+        self, request: mpb.ListModelsRequest, context: Context
+    ) -> mpb.ManagementResponse:
+        return await self._unary(request, context, self._list)
 
     async def RegisterModel(
-        self, stream: Stream[mpb.RegisterModelRequest, mpb.ManagementResponse]
-    ) -> None:
-        await self._unary(stream, self._register, model_api=True)
+        self, request: mpb.RegisterModelRequest, context: Context
+    ) -> mpb.ManagementResponse:
+        return await self._unary(request, context, self._register, model_api=True)
 
     async def ScaleWorker(
-        self, stream: Stream[mpb.ScaleWorkerRequest, mpb.ManagementResponse]
-    ) -> None:
-        await self._unary(stream, self._scale)
+        self, request: mpb.ScaleWorkerRequest, context: Context
+    ) -> mpb.ManagementResponse:
+        return await self._unary(request, context, self._scale)
 
     async def SetDefault(
-        self, stream: Stream[mpb.SetDefaultRequest, mpb.ManagementResponse]
-    ) -> None:
-        await self._unary(stream, self._set_default)
+        self, request: mpb.SetDefaultRequest, context: Context
+    ) -> mpb.ManagementResponse:
+        return await self._unary(request, context, self._set_default)
 
     async def UnregisterModel(
-        self, stream: Stream[mpb.UnregisterModelRequest, mpb.ManagementResponse]
-    ) -> None:
-        await self._unary(stream, self._unregister, model_api=True)
+        self, request: mpb.UnregisterModelRequest, context: Context
+    ) -> mpb.ManagementResponse:
+        return await self._unary(request, context, self._unregister, model_api=True)
 
     # Trio side: parse the message, call the core, render the reply text.
 

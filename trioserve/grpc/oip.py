@@ -15,72 +15,56 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import grpclib.const
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
-
 from trioserve.api import kserve, oip
 from trioserve.api.state import ServerState
 from trioserve.errors import ServeError, grpc_status_for_http
 from trioserve.grpc._proto import open_inference_pb2 as opb
-from trioserve.grpc._proto.open_inference_grpc import GRPCInferenceServiceBase
-from trioserve.grpc.bridge import Bridge
+from trioserve.grpc.bridge import Bridge, CallError, Context
 
-KSERVE_SERVICE = "/inference.GRPCInferenceService/"
-TORCHSERVE_SERVICE = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/"
+DESCRIPTOR = opb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# TorchServe's copy of the proto names the same service in its own package.
+TORCHSERVE_NAME = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 
 
-def _status(exc: ServeError) -> GRPCError:
+def _status(exc: ServeError) -> CallError:
     code = exc.grpc_status if exc.code == exc.http_status else grpc_status_for_http(exc.code)
-    return GRPCError(Status(code), exc.message or type(exc).__name__)
+    return CallError(code, exc.message or type(exc).__name__)
 
 
-class OpenInferenceService(GRPCInferenceServiceBase):
+class OpenInferenceService:
     def __init__(self, state: ServerState, bridge: Bridge) -> None:
         self._state = state
         self._bridge = bridge
 
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        mapping = super().__mapping__()
-        aliases = {
-            TORCHSERVE_SERVICE + path.removeprefix(KSERVE_SERVICE): handler
-            for path, handler in mapping.items()
-        }
-        return {**mapping, **aliases}
+    async def _unary(self, request: Any, context: Context, fn: Any) -> Any:
+        try:
+            return await self._bridge.run(context, fn, request)
+        except ServeError as exc:
+            raise _status(exc) from None
 
-    async def _unary(self, stream: Stream[Any, Any], fn: Any) -> None:
-        async with self._bridge.calls.track():
-            request = await self._bridge.recv_one(stream)
-            try:
-                reply = await self._bridge.run(stream, fn, request)
-            except ServeError as exc:
-                raise _status(exc) from None
-            await self._bridge.send(stream, reply)
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._live)
 
-    async def ServerLive(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._live)
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._ready)
 
-    async def ServerReady(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._ready)
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._model_ready)
 
-    async def ModelReady(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._model_ready)
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._server_metadata)
 
-    async def ServerMetadata(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._server_metadata)
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._model_metadata)
 
-    async def ModelMetadata(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._model_metadata)
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._infer)
 
-    async def ModelInfer(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._infer)
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._load)
 
-    async def RepositoryModelLoad(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._load)
-
-    async def RepositoryModelUnload(self, stream: Stream[Any, Any]) -> None:
-        await self._unary(stream, self._unload)
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        return await self._unary(request, context, self._unload)
 
     # Trio side.
 

@@ -1,44 +1,47 @@
-"""The gRPC servers (contract §4): grpclib on a trio-asyncio loop inside trioserve's nursery.
+"""The gRPC servers (contract §4): grpcio's asyncio server, on a loop in a thread of its own,
+inside trioserve's nursery.
 
 One entry point, :func:`serve_grpc`, started by ``trioserve.server.serve`` right after the HTTP
-listeners: the inference service on ``grpc_inference_address:grpc_inference_port`` and the
+listeners: the inference services on ``grpc_inference_address:grpc_inference_port`` and the
 management service on ``grpc_management_address:grpc_management_port`` (port 0: any free port,
-reported back), TLS when ``enable_grpc_ssl``.
+reported back), TLS when ``enable_grpc_ssl``. grpcio's C core speaks HTTP/2 (flow control,
+keepalive, TCP_NODELAY); the calls' work runs in trio (bridge.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
-import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
 
+import grpc
 import trio
-import trio_asyncio
-from grpclib.protocol import H2Protocol
-from grpclib.server import Server
 
 from trioserve import auth as token_auth
 from trioserve.api.state import ServerState
 from trioserve.config import Config
 from trioserve.errors import ConfigError
+from trioserve.grpc import inference, management, oip
 from trioserve.grpc.auth import require_key
 from trioserve.grpc.bridge import Bridge
-from trioserve.grpc.inference import InferenceService
-from trioserve.grpc.management import ManagementService
-from trioserve.grpc.oip import OpenInferenceService
+from trioserve.grpc.loop import LoopThread
+from trioserve.grpc.methods import generic_handlers
 
 logger = logging.getLogger(__name__)
-Service = InferenceService | ManagementService | OpenInferenceService
 
-# After the drain (bounded by the caller's deadline), grpclib's close() cancels what still runs;
-# this bounds the wait for those calls to unwind.
+# Once the drain is over (bounded by the caller's deadline), what still runs is aborted; this
+# bounds the wait for those calls to unwind.
 CLOSE_GRACE_S = 5.0
-# An aborted connection is lost within a few loop turns; this bounds that wait all the same.
-ABORT_WAIT_S = 1.0
+# A drain waits for the calls in flight as long as the caller's deadline allows; grpcio needs a
+# number, and this one is longer than any deadline.
+DRAIN_GRACE_S = 365 * 86400.0
+# grpcio refuses inbound messages over its own limit with its own text; it is set this far over
+# max_request_size, so that the bridge refuses the common oversized message with the text
+# TorchServe's server gives, and no message far over the limit is buffered whole.
+RECEIVE_SLACK = 1 << 20
 INFERENCE = "grpc_inference"
 MANAGEMENT = "grpc_management"
 
@@ -59,8 +62,9 @@ class GrpcRunning:
             self.stop.set()
 
 
-def grpc_ssl_context(config: Config) -> ssl.SSLContext:
-    """TLS for both gRPC servers from ``certificate_file`` / ``private_key_file`` (PEM).
+def grpc_credentials(config: Config) -> grpc.ServerCredentials:
+    """TLS for both gRPC servers from ``certificate_file`` / ``private_key_file`` (PEM), checked
+    by loading them as Python's TLS would (grpcio only says "failed to bind" for a bad pair).
 
     Raises:
         ConfigError: the files are not set or cannot be loaded.
@@ -70,128 +74,89 @@ def grpc_ssl_context(config: Config) -> ssl.SSLContext:
         raise ConfigError(
             "enable_grpc_ssl=true needs private_key_file and certificate_file (PEM files)"
         )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(cert, key)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        pair = (Path(key).read_bytes(), Path(cert).read_bytes())
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"enable_grpc_ssl: cannot load certificate_file={cert!r} with "
             f"private_key_file={key!r}: {exc}"
         ) from exc
-    context.set_alpn_protocols(["h2"])  # gRPC is HTTP/2 only
-    return context
+    return grpc.ssl_server_credentials([pair])
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on the first address ``host`` resolves to. Its protocol is set
-    explicitly (IPPROTO_TCP): grpclib turns on TCP_NODELAY only for such sockets, and without
-    it Nagle's algorithm adds tens of milliseconds to every small reply."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
+def server_options(config: Config) -> list[tuple[str, int]]:
+    receive_limit = min(config.max_request_size + RECEIVE_SLACK, 2**31 - 1)
+    return [
+        # A port already taken must fail to bind, not be shared with the other listener.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", receive_limit),
+        ("grpc.max_send_message_length", -1),  # the bridge applies max_response_size
+    ]
+
+
+def address(host: str, port: int) -> str:
+    """grpcio's ``host:port``, with an IPv6 literal in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+async def _start(
+    handlers: Sequence[grpc.GenericRpcHandler],
+    where: str,
+    credentials: grpc.ServerCredentials | None,
+    options: list[tuple[str, int]],
+) -> tuple[grpc.aio.Server, int]:
+    """A started server and its bound port (on the gRPC loop: grpcio binds its servers to the
+    running loop).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers(handlers)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(socket.SOMAXCONN)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        if credentials is None:
+            port = server.add_insecure_port(where)
+        else:
+            port = server.add_secure_port(where, credentials)
+    except RuntimeError as exc:  # grpcio's "Failed to bind to address ..."
+        raise OSError(str(exc)) from None
+    if not port:  # older grpcio reported a failed bind as port 0
+        raise OSError(f"failed to bind to address {where}")
+    await server.start()
+    return server, port
 
 
-class _Protocol(H2Protocol):
-    """grpclib's protocol, holding its transport until the connection is lost. Closing a
-    transport only starts its end: unsent bytes are flushed and a TLS connection waits for the
-    peer's close_notify (asyncio allows 30 s), on the loop. Should the loop end first, the
-    transport and its socket are left to the garbage collector (an "unclosed transport"
-    ResourceWarning), so a shutdown waits for ``lost`` and aborts what is still open."""
-
-    def __init__(self, made: H2Protocol) -> None:
-        super().__init__(made.handler, made.config, made.h2_config)
-        self.transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # a stream server's: it has abort()
-        super().connection_made(transport)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        try:
-            super().connection_lost(exc)
-        finally:
-            self.transport = None
-            if not self.lost.done():
-                self.lost.set_result(None)
+async def _stop(servers: list[grpc.aio.Server], grace: float | None) -> None:
+    """Stop every server: new calls are refused at once, calls in flight get ``grace`` seconds
+    (None: aborted now); returns when their handlers have ended. grpcio keeps the shortest
+    grace asked for, so a later call with None ends a drain still waiting. Shielded: a drain
+    cut short by the caller leaves grpcio's stop running, for the later call to shorten."""
+    await asyncio.shield(asyncio.gather(*(server.stop(grace) for server in servers)))
 
 
-class _Server(Server):
-    """grpclib's Server, remembering its connections: its ``close()`` stops listening and
-    cancels the calls but leaves the connections open, and a shutdown must close them. Its
-    ``wait_closed()`` does not wait for them either: asyncio's ``Server.wait_closed()`` returns
-    at once once the listener is closed (Python before 3.12.1)."""
-
-    def __init__(self, services: list[Service]) -> None:
-        super().__init__(services)
-        self._protocols: weakref.WeakSet[_Protocol] = weakref.WeakSet()
-
-    def _protocol_factory(self) -> H2Protocol:
-        # grpclib's factory registers the connection's handler; ours keeps its transport.
-        protocol = _Protocol(super()._protocol_factory())
-        self._protocols.add(protocol)
-        return protocol
-
-    def close_connections(self) -> None:
-        for protocol in list(self._protocols):
-            processor = getattr(protocol, "processor", None)  # set once connected
-            if processor is not None:
-                processor.close("Server closed")
-
-    async def wait_connections_lost(self) -> None:
-        lost = [p.lost for p in self._protocols if p.transport is not None]
-        if lost:
-            await asyncio.wait(lost)
-
-    async def abort_connections(self) -> None:
-        """Drop the connections still open, unsent bytes and all, and wait until each is."""
-        aborted = []
-        for protocol in list(self._protocols):
-            if protocol.transport is not None:
-                protocol.transport.abort()
-                aborted.append(protocol.lost)
-        if aborted:
-            # Lost within a few loop turns: abort() only schedules connection_lost.
-            await asyncio.wait(aborted, timeout=ABORT_WAIT_S)
-
-
-async def _start(server: _Server, sock: socket.socket, context: ssl.SSLContext | None) -> None:
-    await server.start(sock=sock, ssl=context)
-
-
-async def _drain(servers: list[_Server], bridge: Bridge) -> None:
-    """Stop accepting, then wait for the calls in flight (asyncio side)."""
-    for server in servers:
-        listener = getattr(server, "_server", None)  # grpclib keeps the asyncio.Server there
-        if isinstance(listener, asyncio.AbstractServer):
-            listener.close()
-    await bridge.calls.drain()
-
-
-async def _close(servers: list[_Server]) -> None:
-    """Cancel the calls, close the connections and wait for both; when the caller's grace runs
-    out first (a TLS peer that never answers close_notify), abort the connections left, so no
-    transport outlives the loop."""
-    for server in servers:
-        server.close()
-        server.close_connections()
-    try:
-        for server in servers:
-            await server.wait_closed()
-            await server.wait_connections_lost()
-    finally:
-        for server in servers:
-            await server.abort_connections()
+def _handlers(
+    api: str, state: ServerState, bridge: Bridge, auth: token_auth.TokenAuth | None
+) -> list[grpc.GenericRpcHandler]:
+    kind = token_auth.INFERENCE if api == INFERENCE else token_auth.MANAGEMENT
+    check = require_key(auth, kind) if auth is not None else None
+    if api == MANAGEMENT:
+        service = management.ManagementService(state, bridge)
+        return generic_handlers(service, management.DESCRIPTOR, bridge, check=check)
+    return [
+        *generic_handlers(
+            inference.InferenceService(state, bridge), inference.DESCRIPTOR, bridge, check=check
+        ),
+        *generic_handlers(
+            oip.OpenInferenceService(state, bridge),
+            oip.DESCRIPTOR,
+            bridge,
+            check=check,
+            names=(oip.TORCHSERVE_NAME,),
+        ),
+    ]
 
 
 async def serve_grpc(
@@ -206,64 +171,58 @@ async def serve_grpc(
     Error handling: bad TLS files raise ConfigError before ``started`` (the start fails); a
     server that cannot bind is logged and left out (the rest of trioserve runs on); a failure
     after the start is logged with its traceback and ends gRPC only.
-    Resource handling: the drain waits for calls in flight for as long as the caller's cancel
-    scope allows (``serve`` gives it the HTTP drain deadline); grpclib's ``close()`` then cancels
-    the rest and the connections are closed, within CLOSE_GRACE_S; any connection still open
-    then is aborted, so that none outlives the loop.
+    Resource handling: the drain refuses new calls and waits for those in flight for as long as
+    the caller's cancel scope allows (``serve`` gives it the HTTP drain deadline); what still
+    runs then is aborted, within CLOSE_GRACE_S; the gRPC thread ends before this returns.
     """
     config = state.config
-    context = grpc_ssl_context(config) if config.enable_grpc_ssl else None
+    credentials = grpc_credentials(config) if config.enable_grpc_ssl else None
+    options = server_options(config)
     running = GrpcRunning()
     started = False
+    thread = LoopThread()
+    thread.start()
     try:
-        async with trio_asyncio.open_loop() as loop:
+        async with trio.open_nursery() as calls:
             bridge = Bridge(
-                loop,
+                thread,
+                calls,
                 max_request_size=config.max_request_size,
                 max_response_size=config.max_response_size,
             )
-            servers: list[_Server] = []
+            servers: list[grpc.aio.Server] = []
             wanted = (
                 (INFERENCE, config.grpc_inference_address, config.grpc_inference_port),
                 (MANAGEMENT, config.grpc_management_address, config.grpc_management_port),
             )
-            for api, host, port in wanted:
-                try:
-                    sock = _bind(host, port)
-                except OSError as exc:
-                    logger.error("%s not served: cannot listen on %s:%d: %s", api, host, port, exc)
-                    continue
-                services: list[Service] = (
-                    [InferenceService(state, bridge), OpenInferenceService(state, bridge)]
-                    if api == INFERENCE
-                    else [ManagementService(state, bridge)]
-                )
-                try:
-                    server = await trio_asyncio.aio_as_trio(_make_server, loop=loop)(services)
-                    if auth is not None:
-                        kind = token_auth.INFERENCE if api == INFERENCE else token_auth.MANAGEMENT
-                        require_key(server, auth, kind)
-                    await trio_asyncio.aio_as_trio(_start, loop=loop)(server, sock, context)
-                except BaseException:
-                    sock.close()
-                    raise
-                servers.append(server)
-                running.ports[api] = int(sock.getsockname()[1])
-                logger.info("%s listening on %s:%d", api, host, running.ports[api])
-            started = True
-            task_status.started(running)
             try:
+                for api, host, port in wanted:
+                    handlers = _handlers(api, state, bridge, auth)
+                    try:
+                        server, bound = await thread.run(
+                            _start(handlers, address(host, port), credentials, options)
+                        )
+                    except OSError as exc:
+                        logger.error(
+                            "%s not served: cannot listen on %s:%d: %s", api, host, port, exc
+                        )
+                        continue
+                    servers.append(server)
+                    running.ports[api] = bound
+                    logger.info("%s listening on %s:%d", api, host, bound)
+                started = True
+                task_status.started(running)
                 await running.stop.wait()
-                await trio_asyncio.aio_as_trio(_drain, loop=loop)(servers, bridge)
+                await thread.run(_stop(servers, DRAIN_GRACE_S))
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE_S):
-                    await trio_asyncio.aio_as_trio(_close, loop=loop)(servers)
+                    await thread.run(_stop(servers, None))
+                # Every handler has ended, so no trio side is awaited any more.
+                calls.cancel_scope.cancel()
     except Exception:
         if not started:
             raise
         logger.exception("the gRPC servers failed; gRPC is no longer served")
-
-
-async def _make_server(services: list[Service]) -> _Server:
-    # Built on the loop: grpclib's Server binds itself to the running loop.
-    return _Server(services)
+    finally:
+        with trio.CancelScope(shield=True):
+            await thread.close()

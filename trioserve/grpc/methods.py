@@ -1,0 +1,93 @@
+"""grpcio method handlers for a service object, from its proto service descriptor.
+
+Each RPC of the descriptor is served by the service's method of the same name (asyncio side):
+``async def Unary(request, context) -> reply``, ``async def Streamed(request, context)`` (replies
+written through the bridge), ``async def Duplex(requests, context)``. Messages cross grpcio as
+bytes so the bridge can apply TorchServe's size limits and texts; a :class:`CallError` from the
+method, or from the key check before it, ends the call with its status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from trioserve.grpc.bridge import Bridge, CallError
+
+# Checks a call's invocation metadata before its method runs (raises CallError to refuse).
+Check = Callable[[Iterable[tuple[str, Any]]], None]
+
+
+def _message_class(method: MethodDescriptor) -> type[Message]:
+    return message_factory.GetMessageClass(method.input_type)
+
+
+def _behaviour(
+    bridge: Bridge, method: MethodDescriptor, fn: Callable[..., Any], check: Check | None
+) -> grpc.RpcMethodHandler:
+    kind = _message_class(method)
+
+    async def abort(context: grpc.aio.ServicerContext, error: CallError) -> None:
+        await context.abort(error.code, error.details)
+
+    def checked(context: grpc.aio.ServicerContext) -> None:
+        if check is not None:
+            check(context.invocation_metadata() or ())
+
+    if method.client_streaming:
+
+        async def duplex(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+            try:
+                checked(context)
+                await fn(bridge.requests(raw, kind), context)
+            except CallError as exc:
+                await abort(context, exc)
+
+        return grpc.stream_stream_rpc_method_handler(duplex)
+
+    if method.server_streaming:
+
+        async def streamed(data: bytes, context: grpc.aio.ServicerContext) -> None:
+            try:
+                checked(context)
+                await fn(bridge.decode(data, kind), context)
+            except CallError as exc:
+                await abort(context, exc)
+
+        return grpc.unary_stream_rpc_method_handler(streamed)
+
+    async def unary(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            checked(context)
+            reply = await fn(bridge.decode(data, kind), context)
+            return bridge.encode(reply)
+        except CallError as exc:
+            await abort(context, exc)
+            raise AssertionError("unreachable: abort raises") from None
+
+    return grpc.unary_unary_rpc_method_handler(unary)
+
+
+def generic_handlers(
+    service: object,
+    descriptor: ServiceDescriptor,
+    bridge: Bridge,
+    *,
+    check: Check | None = None,
+    names: Iterable[str] = (),
+) -> list[grpc.GenericRpcHandler]:
+    """Handlers serving ``descriptor``'s RPCs with ``service``'s methods, under the service's
+    full name and under each of ``names`` (the same service known by another package)."""
+    handlers = {
+        method.name: _behaviour(bridge, method, getattr(service, method.name), check)
+        for method in descriptor.methods
+    }
+    return [
+        grpc.method_handlers_generic_handler(name, handlers)
+        for name in (descriptor.full_name, *names)
+    ]
