@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     # First, before any import could start a thread that would not inherit the signal's block.
     follow_parent(parent if parent is not None else os.getppid())
     tighten_timer_slack()
+    # Ctrl-C in a terminal signals the whole foreground process group: the frontend drains,
+    # and its workers must go on answering the batches in flight until it stops them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from backend.worker import run
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")

@@ -538,10 +538,23 @@ async def test_shutdown_lets_a_call_in_flight_finish(
     handler_archive(model_store, "slow", SLOW_HANDLER)
     await register(clients, "slow")
     log = tmp_path / "ran.log"
-    request = clients.predict("slow", tag="in-flight", sleep="1", log=str(log))
+    request = clients.predict("slow", tag="in-flight", sleep="3", log=str(log))
     in_flight = clients.inference.Predictions.future(request, timeout=60)
     await wait_until(lambda: logged(log, "in-flight"))
     clients.server.running.shutdown()
+    refused: list[grpc.RpcError] = []
+
+    async def new_call_refused() -> bool:
+        try:
+            await call(clients.inference.Ping, empty_pb2.Empty(), timeout=5)
+        except grpc.RpcError as exc:
+            refused.append(exc)
+            return True
+        return False
+
+    await wait_until(new_call_refused, limit_s=10)
+    assert refused[0].code() is Code.UNAVAILABLE
+    assert not in_flight.done()  # still draining
     reply = await call(in_flight.result)
     assert json.loads(reply.prediction)["tag"] == "in-flight"
 

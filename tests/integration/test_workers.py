@@ -247,6 +247,19 @@ async def test_worker_fires_its_timers_without_linux_default_slack(
     assert int(slack) == TIMER_SLACK_NS < 50_000
 
 
+async def test_worker_ignores_sigint_meant_for_the_frontend(
+    server: Server, model_store: Path
+) -> None:
+    """Ctrl-C signals the terminal's whole process group; the frontend decides what stops."""
+    handler_archive(model_store, "echo", ECHO_HANDLER)
+    await register_ok(server, "echo.mar")
+    before = await only_worker(server, "echo")
+    os.kill(before["pid"], signal.SIGINT)
+    await echo_ok(server)  # answered after the signal was delivered to an idle worker
+    after = await only_worker(server, "echo")
+    assert (after["pid"], after["status"]) == (before["pid"], "READY")
+
+
 async def test_killed_idle_worker_is_replaced_without_losing_a_request(
     server: Server, model_store: Path
 ) -> None:

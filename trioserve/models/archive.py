@@ -118,6 +118,9 @@ def _model_root(directory: Path) -> Path:
 
 
 def _load(source: Path, model_dir: Path, *, extracted: bool) -> ModelArchive:
+    # Absolute: the worker runs with the model directory as its working directory, where a
+    # path relative to ours (a model store given as "examples/models") would not resolve.
+    model_dir = model_dir.absolute()
     manifest_file = model_dir / MANIFEST_PATH
     manifest = Manifest.empty()
     if manifest_file.is_file():
