@@ -247,6 +247,27 @@ async def test_worker_fires_its_timers_without_linux_default_slack(
     assert int(slack) == TIMER_SLACK_NS < 50_000
 
 
+GC_HANDLER = """
+import gc
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    return [{"frozen": gc.get_freeze_count()} for _ in data]
+"""
+
+
+async def test_worker_freezes_what_the_load_left_out_of_the_collectors_way(
+    server: Server, model_store: Path
+) -> None:
+    handler_archive(model_store, "gc", GC_HANDLER)
+    await register_ok(server, "gc.mar")
+    response = await server.inference.post("/predictions/gc", content=b"x")
+    assert response.status_code == 200
+    assert response.json()["frozen"] > 1000  # the handler's module, the backend, protobuf
+
+
 async def test_worker_ignores_sigint_meant_for_the_frontend(
     server: Server, model_store: Path
 ) -> None:

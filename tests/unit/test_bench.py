@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+from backend.wire import FrameDecoder, pb
 from bench.common import parse_wrk
 from bench.report import (
     TARGETS,
@@ -119,3 +121,17 @@ def test_json_keeps_every_measurement(tmp_path: Path) -> None:
     payload = json.loads(path.read_text())
     assert payload["meta"] == {"cpus": 2}
     assert payload["measurements"][0]["metrics"] == {"tree RSS MiB": 300.0}
+
+
+def test_worker_loop_times_real_batches_through_the_worker(capsys: Any) -> None:
+    from bench import worker_loop
+
+    assert worker_loop.main(["--batch", "3", "--rounds", "5"]) == 0
+    assert capsys.readouterr().out.startswith("batch 3: median ")
+    # The frame it times is a real batch: three requests, each a REST client's.
+    message = FrameDecoder(pb.ToWorker)
+    message.receive_data(worker_loop.batch_frame(3))
+    batch = message.next_frame()
+    assert batch is not None
+    assert len(batch.batch.requests) == 3
+    assert batch.batch.requests[0].headers[0].name == "host"
