@@ -311,6 +311,9 @@ async def serve(
                 )
             )
         running.state = state
+        # Nothing is healthy or ready until the startup models are registered: the listeners
+        # accept connections from the moment they are bound, before gRPC and the models.
+        state.starting = True
         limits = Limits.from_config(config)
         drain = Drain()
         async with trio.open_nursery() as connections:
@@ -339,7 +342,6 @@ async def serve(
                     listeners_nursery.start_soon(grpc.stop_when_cancelled)
                     if handle_signals:
                         listeners_nursery.start_soon(_wait_for_signals, listen_scope.cancel)
-                    state.starting = True
                     try:
                         await _load_startup_models(state)
                     finally:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trio
 
-from tests.conftest import make_config, wait_until
+from tests.conftest import LOCAL, make_config, wait_until
 from tests.support.models import ECHO_HANDLER, INSPECT_HANDLER, handler_archive
+from trioserve.config import Address
 from trioserve.config_sources import load_config
+from trioserve.server import Running, serve
 
 
 async def _describe(server: Any, name: str) -> dict[str, Any]:
@@ -157,3 +163,40 @@ async def test_ping_is_unhealthy_until_startup_models_are_loaded(
 
     await wait_until(healthy)
     assert (await server.inference.post("/predictions/slowload", content=b"x")).content == b"up"
+
+
+async def test_ping_is_unhealthy_from_the_first_connection_the_listener_accepts(
+    nursery: trio.Nursery, model_store: Path
+) -> None:
+    """The listeners accept before gRPC has started and the startup models are registered;
+    a /ping answered in that window must not say Healthy either."""
+    handler_archive(model_store, "slowload", SLOW_LOAD_HANDLER)
+    with socket.socket() as probe:
+        probe.bind((LOCAL, 0))
+        port = probe.getsockname()[1]
+    config = make_config(
+        model_store,
+        load_models="slowload.mar",
+        default_workers_per_model=1,
+        inference_address=Address("http", LOCAL, port),
+    )
+    started: list[Running] = []
+
+    async def boot() -> None:
+        started.append(await nursery.start(partial(serve, config, handle_signals=False)))
+
+    nursery.start_soon(boot)
+    answers: list[int] = []
+    async with httpx.AsyncClient(base_url=f"http://{LOCAL}:{port}", timeout=30) as client:
+        with trio.fail_after(60):
+            while not answers or answers[-1] != 200:
+                try:
+                    answers.append((await client.get("/ping")).status_code)
+                except httpx.ConnectError:
+                    await trio.sleep(0.002)  # not listening yet
+        assert answers[0] == 500
+        [described] = (
+            await client.get(f"http://{LOCAL}:{started[0].ports['management']}/models/slowload")
+        ).json()
+    assert [w["status"] for w in described["workers"]] == ["READY"]
+    started[0].shutdown()
