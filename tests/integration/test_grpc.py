@@ -553,7 +553,10 @@ async def test_shutdown_lets_a_call_in_flight_finish(
         return False
 
     await wait_until(new_call_refused, limit_s=10)
-    assert refused[0].code() is Code.UNAVAILABLE
+    assert (refused[0].code(), refused[0].details()) == (
+        Code.UNAVAILABLE,
+        "The server is shutting down.",
+    )
     assert not in_flight.done()  # still draining
     reply = await call(in_flight.result)
     assert json.loads(reply.prediction)["tag"] == "in-flight"

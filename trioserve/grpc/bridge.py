@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -54,13 +55,23 @@ class Context(Protocol):
 
 
 class _Call(Generic[T]):
-    """One trio run of a call: the asyncio future that gets its outcome, and the cancel scope
-    the asyncio side cancels (through the trio token) when grpcio cancels the handler."""
+    """One trio run of a call: what to run and for how long, the asyncio future that gets its
+    outcome, and the cancel scope the asyncio side cancels (through the trio token) when
+    grpcio cancels the handler."""
 
-    __slots__ = ("future", "scope")
+    __slots__ = ("args", "fn", "future", "remaining", "scope")
 
-    def __init__(self, future: asyncio.Future[T]) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[T],
+        remaining: float | None,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+    ) -> None:
         self.future = future
+        self.remaining = remaining
+        self.fn = fn
+        self.args = args
         self.scope = trio.CancelScope()
 
 
@@ -91,8 +102,37 @@ class Bridge:
         self.max_response_size = max_response_size
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
+        self.draining = False
+        self._calls = 0
+        self._idle = asyncio.Event()  # on the gRPC loop; set while no call runs
+        self._idle.set()
 
     # asyncio side
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count a call while its handler runs; once draining, refuse it UNAVAILABLE (what a
+        client retries elsewhere; grpcio itself would cancel calls that arrive once it stops).
+
+        Raises:
+            CallError: UNAVAILABLE while draining.
+        """
+        if self.draining:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down.")
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Refuse new calls and return once the running ones have ended (asyncio side; the
+        caller bounds the wait)."""
+        self.draining = True
+        await self._idle.wait()
 
     async def run(self, context: Context, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run the trio function ``fn(*args)`` for this call (asyncio side) under the client's
@@ -103,9 +143,8 @@ class Bridge:
             CallError: as ``fn`` raises it; DEADLINE_EXCEEDED when the client's deadline passes
                 first; INTERNAL for an unexpected exception (logged).
         """
-        remaining = context.time_remaining()
-        call: _Call[T] = _Call(self.loop.create_future())
-        self._token.run_sync_soon(self._spawn, call, remaining, fn, args)
+        call: _Call[T] = _Call(self.loop.create_future(), context.time_remaining(), fn, args)
+        self._token.run_sync_soon(self._spawn, call)
         try:
             return await call.future
         except asyncio.CancelledError:
@@ -143,16 +182,10 @@ class Bridge:
 
     # trio side
 
-    def _spawn(
-        self,
-        call: _Call[T],
-        remaining: float | None,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-    ) -> None:
+    def _spawn(self, call: _Call[T]) -> None:
         # Runs as a trio run_sync_soon callback, where an exception would end the trio run.
         try:
-            self._nursery.start_soon(self._in_trio, call, remaining, fn, args)
+            self._nursery.start_soon(self._in_trio, call)
         except RuntimeError:  # the gRPC nursery has closed: shutting down
             error = CallError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down.")
             self._resolve(call, None, error)
@@ -163,19 +196,14 @@ class Bridge:
         except RuntimeError:  # the loop has closed: nobody waits for the outcome
             pass
 
-    async def _in_trio(
-        self,
-        call: _Call[T],
-        remaining: float | None,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-    ) -> None:
+    async def _in_trio(self, call: _Call[T]) -> None:
+        remaining = call.remaining
         value: T | None = None
         error: BaseException | None = None
         with call.scope:
             try:
                 with trio.move_on_after(math.inf if remaining is None else remaining) as timer:
-                    value = await fn(*args)
+                    value = await call.fn(*call.args)
                 if timer.cancelled_caught:
                     raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded")
             except (CallError, ServeError) as exc:
@@ -183,7 +211,7 @@ class Bridge:
             except Exception:
                 # A bug, not an expected error: logged with its traceback, INTERNAL to the
                 # client (REST answers 500 InternalServerException).
-                logger.exception("gRPC call %s failed", getattr(fn, "__qualname__", fn))
+                logger.exception("gRPC call %s failed", getattr(call.fn, "__qualname__", call.fn))
                 error = CallError(grpc.StatusCode.INTERNAL, "Internal Server Error")
         if not call.scope.cancelled_caught:  # else the handler is gone: nobody waits
             self._resolve(call, value, error)

@@ -44,7 +44,8 @@ def _behaviour(
         async def duplex(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
             try:
                 checked(context)
-                await fn(bridge.requests(raw, kind), context)
+                with bridge.track():
+                    await fn(bridge.requests(raw, kind), context)
             except CallError as exc:
                 await abort(context, exc)
 
@@ -55,7 +56,8 @@ def _behaviour(
         async def streamed(data: bytes, context: grpc.aio.ServicerContext) -> None:
             try:
                 checked(context)
-                await fn(bridge.decode(data, kind), context)
+                with bridge.track():
+                    await fn(bridge.decode(data, kind), context)
             except CallError as exc:
                 await abort(context, exc)
 
@@ -64,7 +66,8 @@ def _behaviour(
     async def unary(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             checked(context)
-            reply = await fn(bridge.decode(data, kind), context)
+            with bridge.track():
+                reply = await fn(bridge.decode(data, kind), context)
             return bridge.encode(reply)
         except CallError as exc:
             await abort(context, exc)

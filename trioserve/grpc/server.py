@@ -35,9 +35,6 @@ logger = logging.getLogger(__name__)
 # Once the drain is over (bounded by the caller's deadline), what still runs is aborted; this
 # bounds the wait for those calls to unwind.
 CLOSE_GRACE_S = 5.0
-# A drain waits for the calls in flight as long as the caller's deadline allows; grpcio needs a
-# number, and this one is longer than any deadline.
-DRAIN_GRACE_S = 365 * 86400.0
 # grpcio refuses inbound messages over its own limit with its own text; it is set this far over
 # max_request_size, so that the bridge refuses the common oversized message with the text
 # TorchServe's server gives, and no message far over the limit is buffered whole.
@@ -129,12 +126,10 @@ async def _start(
     return server, port
 
 
-async def _stop(servers: list[grpc.aio.Server], grace: float | None) -> None:
-    """Stop every server: new calls are refused at once, calls in flight get ``grace`` seconds
-    (None: aborted now); returns when their handlers have ended. grpcio keeps the shortest
-    grace asked for, so a later call with None ends a drain still waiting. Shielded: a drain
-    cut short by the caller leaves grpcio's stop running, for the later call to shorten."""
-    await asyncio.shield(asyncio.gather(*(server.stop(grace) for server in servers)))
+async def _stop(servers: list[grpc.aio.Server]) -> None:
+    """Stop every server now: listening ends, calls still running are aborted; returns when
+    their handlers have ended."""
+    await asyncio.gather(*(server.stop(None) for server in servers))
 
 
 def _handlers(
@@ -213,10 +208,12 @@ async def serve_grpc(
                 started = True
                 task_status.started(running)
                 await running.stop.wait()
-                await thread.run(_stop(servers, DRAIN_GRACE_S))
+                # New calls are refused UNAVAILABLE while those in flight finish (grpcio's own
+                # stop would cancel newly arriving calls instead); then grpcio stops.
+                await thread.run(bridge.drain())
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE_S):
-                    await thread.run(_stop(servers, None))
+                    await thread.run(_stop(servers))
                 # Every handler has ended, so no trio side is awaited any more.
                 calls.cancel_scope.cancel()
     except Exception:
