@@ -221,9 +221,6 @@ class Bridge:
         returns once grpcio has taken the message, so a slow client slows the stream."""
 
         async def send(message: Message) -> None:
-            await self.on_loop(context.write(self.encode(message)))
+            await self._thread.run(context.write(self.encode(message)))
 
         return send
-
-    async def on_loop(self, coroutine: Awaitable[T]) -> T:
-        return await self._thread.run(coroutine)

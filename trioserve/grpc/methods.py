@@ -32,46 +32,37 @@ def _behaviour(
 ) -> grpc.RpcMethodHandler:
     kind = _message_class(method)
 
-    async def abort(context: grpc.aio.ServicerContext, error: CallError) -> None:
-        await context.abort(error.code, error.details)
-
-    def checked(context: grpc.aio.ServicerContext) -> None:
-        if check is not None:
-            check(context.invocation_metadata() or ())
+    async def guarded(context: grpc.aio.ServicerContext, request: Callable[[], Any]) -> Any:
+        """Every RPC's one path: the key check, then the request (decoded here, so a bad one
+        is refused like any other error), the method counted as in flight, the reply's bytes
+        (None for a streamed reply, already written); a CallError ends the call."""
+        try:
+            if check is not None:
+                check(context.invocation_metadata() or ())
+            with bridge.track():
+                reply = await fn(request(), context)
+            return None if reply is None else bridge.encode(reply)
+        except CallError as exc:
+            await context.abort(exc.code, exc.details)
+            raise AssertionError("unreachable: abort raises") from None
 
     if method.client_streaming:
 
         async def duplex(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-            try:
-                checked(context)
-                with bridge.track():
-                    await fn(bridge.requests(raw, kind), context)
-            except CallError as exc:
-                await abort(context, exc)
+            await guarded(context, lambda: bridge.requests(raw, kind))
 
         return grpc.stream_stream_rpc_method_handler(duplex)
 
     if method.server_streaming:
 
         async def streamed(data: bytes, context: grpc.aio.ServicerContext) -> None:
-            try:
-                checked(context)
-                with bridge.track():
-                    await fn(bridge.decode(data, kind), context)
-            except CallError as exc:
-                await abort(context, exc)
+            await guarded(context, lambda: bridge.decode(data, kind))
 
         return grpc.unary_stream_rpc_method_handler(streamed)
 
     async def unary(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        try:
-            checked(context)
-            with bridge.track():
-                reply = await fn(bridge.decode(data, kind), context)
-            return bridge.encode(reply)
-        except CallError as exc:
-            await abort(context, exc)
-            raise AssertionError("unreachable: abort raises") from None
+        reply: bytes = await guarded(context, lambda: bridge.decode(data, kind))
+        return reply
 
     return grpc.unary_unary_rpc_method_handler(unary)
 
